@@ -1,0 +1,30 @@
+"""Paths of the pipeline's files, relative to the repository root.
+
+``dvc.yaml`` names the same paths; ``tests/test_dvc_yaml.py`` checks that both agree.
+"""
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS_FILE = "params.yaml"
+
+RAW_DIR = Path("data/raw")
+RAW_IMAGES_DIR = RAW_DIR / "images"
+RAW_MANIFEST = RAW_DIR / "manifest.csv"
+
+AUDIT_FILES = Path("data/audit/files.csv")
+DATA_METRICS = Path("metrics/data.json")
+DUPLICATES_REPORT = Path("reports/duplicates.csv")
+
+PREPROCESSED_DIR = Path("data/preprocessed")
+PREPROCESS_METRICS = Path("metrics/preprocess.json")
+
+
+def images_file(split: str) -> Path:
+    """Return the path of a split's preprocessed image array, ``(N, size, size, 1) uint8``."""
+    return PREPROCESSED_DIR / f"{split}_images.npy"
+
+
+def index_file(split: str) -> Path:
+    """Return the path of the CSV that describes each row of a split's image array."""
+    return PREPROCESSED_DIR / f"{split}.csv"
