@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chestct import audit
+from chestct import audit, duplicates
 from chestct.audit import AuditError, AuditSettings, DecodeFailuresError, audit_dataset, decode_error_category
 from chestct.layout import SPLITS, SUBTYPES, ManifestRow, label_of, write_manifest
 from tests.datasets import TEST_FOLDERS, TRAIN_FOLDERS, encode
@@ -443,21 +443,6 @@ def test_near_duplicate_max_distance_zero(tmp_path):
     assert near["pairs_by_distance"] == {"0": 1}
 
 
-def test_near_pairs_sorted_and_cross_split():
-    files = pd.DataFrame(
-        {
-            "split": ["train", "train", "valid", "test"],
-            "sha256": ["a", "b", "c", "d"],
-            "phash": ["0000000000000000", "0000000000000003", "0000000000000001", "ffffffffffffffff"],
-        }
-    )
-    pairs = audit.find_near_duplicate_pairs(files, max_distance=2)
-
-    assert pairs["first"].tolist() == [0, 1]
-    assert pairs["second"].tolist() == [2, 2]
-    assert pairs["distance"].tolist() == [1, 1]
-
-
 # ---------------------------------------------------------------------------------------------
 # Shortcut probe
 
@@ -575,7 +560,7 @@ def test_duplicates_report_columns(tmp_path):
     audit.write_duplicates_report(result.duplicates, tmp_path / "duplicates.csv")
     header = (tmp_path / "duplicates.csv").read_text().splitlines()[0]
 
-    assert header == ",".join(audit.DUPLICATES_COLUMNS)
+    assert header == ",".join(duplicates.DUPLICATES_COLUMNS)
     assert result.duplicates["kind"].tolist() == ["exact", "exact", "near", "near", "near"]
 
 
