@@ -433,9 +433,11 @@ def _log_summary(metrics: dict[str, Any]) -> None:
             conflicts["near"]["groups"],
         )
     logger.info(
-        "Metadata shortcut probe ROC AUC: valid %s, test %s.",
+        "Metadata shortcut probe ROC AUC: valid %s, test %s; without copies of an earlier split: valid %s, test %s.",
         probe["valid"]["roc_auc"],
         probe["test"]["roc_auc"],
+        probe["valid"]["roc_auc_without_cross_split_duplicates"],
+        probe["test"]["roc_auc_without_cross_split_duplicates"],
     )
 
 

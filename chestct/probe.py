@@ -17,12 +17,17 @@ def run_shortcut_probe(files: pd.DataFrame, trees: int, seed: int) -> dict[str, 
     """Train a random forest on train-split file metadata and score it on valid and test.
 
     The features are width, height, aspect ratio, file size and one-hot format and colour
-    mode; the categories come from the train split. Undecodable files are left out.
+    mode; the categories come from the train split. Undecodable files are left out. Valid and
+    test are scored twice: with every file, and without the files that are byte-identical to
+    an earlier split (column ``duplicate_of_earlier_split``), because the forest was trained on
+    the train files that some of them copy.
 
     Returns:
         ``features``, ``trees``, ``train_files`` and for ``valid`` and ``test`` the number of
-        ``files`` and ``roc_auc``. ``roc_auc`` is None, with a ``reason``, when the train split
-        or the scored split does not contain both classes.
+        ``files`` and ``roc_auc``, and the same without the copies as
+        ``files_without_cross_split_duplicates`` and ``roc_auc_without_cross_split_duplicates``.
+        A ROC AUC is None, with a ``reason`` or ``reason_without_cross_split_duplicates``, when
+        the train split or the scored files do not contain both classes.
     """
     usable = files[files["decode_error"] == ""]
     train = usable[usable["split"] == "train"]
@@ -51,17 +56,38 @@ def run_shortcut_probe(files: pd.DataFrame, trees: int, seed: int) -> dict[str, 
 
     for split in ("valid", "test"):
         part = usable[usable["split"] == split]
-        scores: dict[str, Any] = {"files": len(part), "roc_auc": None}
-        if model is None:
-            scores["reason"] = "the train split does not contain both classes"
-        elif part["label"].nunique() < 2:
-            scores["reason"] = f"the {split} split does not contain both classes"
-        else:
-            probabilities = model.predict_proba(_probe_features(part, formats, modes))[:, 1]
-            scores["roc_auc"] = round(float(roc_auc_score(part["label"].to_numpy(), probabilities)), 4)
+        without_copies = part[~part["duplicate_of_earlier_split"]]
+        scores: dict[str, Any] = {
+            "files": len(part),
+            "files_without_cross_split_duplicates": len(without_copies),
+        }
+
+        scores["roc_auc"], reason = _score(model, part, f"the {split} split", formats, modes)
+        if reason:
+            scores["reason"] = reason
+
+        scores["roc_auc_without_cross_split_duplicates"], reason = _score(
+            model, without_copies, f"the {split} split without copies of an earlier split", formats, modes
+        )
+        if reason:
+            scores["reason_without_cross_split_duplicates"] = reason
+
         result[split] = scores
 
     return result
+
+
+def _score(
+    model: RandomForestClassifier | None, part: pd.DataFrame, description: str, formats: list[str], modes: list[str]
+) -> tuple[float | None, str | None]:
+    """Return the ROC AUC of ``model`` on ``part``, rounded to 4 decimals, or None and the reason."""
+    if model is None:
+        return None, "the train split does not contain both classes"
+    if part["label"].nunique() < 2:
+        return None, f"{description} does not contain both classes"
+
+    probabilities = model.predict_proba(_probe_features(part, formats, modes))[:, 1]
+    return round(float(roc_auc_score(part["label"].to_numpy(), probabilities)), 4), None
 
 
 def _probe_features(part: pd.DataFrame, formats: list[str], modes: list[str]) -> np.ndarray:

@@ -468,6 +468,19 @@ def test_probe_auc_one_on_size_shortcut(tmp_path):
     assert "width" in probe["features"]
 
 
+def test_probe_counts_files_without_copies(tmp_path):
+    raw = size_shortcut_raw(tmp_path)
+    data = encode(pattern(600, size=(40, 40)))
+    raw.add("train", "normal", "original.png", data)
+    raw.add("valid", "normal", "copy.png", data)
+    probe = audit_dataset(raw.manifest(), SETTINGS).metrics["shortcut_probe"]
+
+    assert probe["valid"]["files"] == 13
+    assert probe["valid"]["files_without_cross_split_duplicates"] == 12
+    assert probe["valid"]["roc_auc_without_cross_split_duplicates"] == 1.0
+    assert probe["test"]["files_without_cross_split_duplicates"] == 12
+
+
 def test_probe_reproducible(tmp_path):
     manifest = filled_raw(tmp_path, per_class=3).manifest()
     first = audit_dataset(manifest, SETTINGS).metrics["shortcut_probe"]
