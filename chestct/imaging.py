@@ -74,14 +74,15 @@ def to_grayscale(image: Image.Image) -> np.ndarray:
     black, the colour of air in a CT slice. 16-bit and 32-bit images are stretched linearly
     from their minimum to their maximum, because their value range depends on the exporter.
     """
-    image = ImageOps.exif_transpose(image)
+    # In place: a transposed copy of every image would cost more than the rest of this function.
+    ImageOps.exif_transpose(image, in_place=True)
 
     if image.mode in _HIGH_DEPTH_MODES:
         return _stretch_to_uint8(np.asarray(image, dtype=np.float64))
 
     if image.mode in {"P", "PA"}:
         image = image.convert("RGBA")
-    if "A" in image.getbands():
+    if "A" in image.getbands() and image.getchannel("A").getextrema() != (255, 255):
         alpha = np.asarray(image.getchannel("A"), dtype=np.uint16)
         gray = np.asarray(image.convert("L"), dtype=np.uint16)
         return ((gray * alpha + 127) // 255).astype(np.uint8)

@@ -6,10 +6,10 @@ serving time are computed exactly as in training. The steps, in order:
 
 1. crop uniform borders: rows and columns at the edges whose values span at most
    ``crop_tolerance`` grey levels (frames, black margins);
-2. pad to a square with black (``keep_aspect_ratio``), so that anatomy keeps its proportions;
-3. resize to ``image_size`` x ``image_size`` (area averaging when shrinking, bilinear when
-   enlarging);
-4. CLAHE, contrast-limited adaptive histogram equalisation on a ``clahe_tile_grid`` square grid
+2. resize to ``image_size`` x ``image_size`` (area averaging when shrinking, bilinear when
+   enlarging); with ``keep_aspect_ratio`` the longer side is resized to ``image_size`` and the
+   image is centred on a black square, so that anatomy keeps its proportions;
+3. CLAHE, contrast-limited adaptive histogram equalisation on a ``clahe_tile_grid`` square grid
    with clip limit ``clahe_clip_limit``, at the final size so that tiles cover the same share
    of every image.
 """
@@ -88,11 +88,26 @@ def pad_to_square(gray: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(gray, top, side - height - top, left, side - width - left, cv2.BORDER_CONSTANT, value=0)
 
 
-def resize_square(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize an image to ``size`` x ``size``: area averaging to shrink, bilinear to enlarge."""
-    shrinking = gray.shape[0] * gray.shape[1] >= size * size
+def resize(gray: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize an image: area averaging to shrink, bilinear to enlarge."""
+    shrinking = gray.shape[0] * gray.shape[1] >= height * width
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    return cv2.resize(gray, (size, size), interpolation=interpolation)
+    return cv2.resize(np.ascontiguousarray(gray), (width, height), interpolation=interpolation)
+
+
+def resize_square(gray: np.ndarray, size: int, keep_aspect_ratio: bool = True) -> np.ndarray:
+    """Resize an image to ``size`` x ``size``.
+
+    With ``keep_aspect_ratio`` the longer side becomes ``size`` and the result is centred on a
+    black square; padding after resizing rather than before keeps the resize small.
+    """
+    if not keep_aspect_ratio:
+        return resize(gray, size, size)
+
+    height, width = gray.shape
+    scale = size / max(height, width)
+    scaled = resize(gray, max(1, round(height * scale)), max(1, round(width * scale)))
+    return pad_to_square(scaled) if scaled.shape[0] != scaled.shape[1] else scaled
 
 
 def apply_clahe(gray: np.ndarray, clip_limit: float, tile_grid: int) -> np.ndarray:
@@ -119,10 +134,8 @@ def preprocess_image(gray: np.ndarray, config: PreprocessConfig) -> np.ndarray:
 
     if config.crop_borders:
         gray = crop_uniform_borders(gray, config.crop_tolerance)
-    if config.keep_aspect_ratio:
-        gray = pad_to_square(gray)
 
-    image = resize_square(np.ascontiguousarray(gray), config.image_size)
+    image = resize_square(gray, config.image_size, config.keep_aspect_ratio)
 
     if config.clahe:
         image = apply_clahe(image, config.clahe_clip_limit, config.clahe_tile_grid)

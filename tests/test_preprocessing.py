@@ -61,11 +61,28 @@ def test_pad_centres_on_black_square():
     assert (padded[20:] == 0).all()
 
 
-@pytest.mark.parametrize("shape", [(300, 500), (40, 20), (64, 64)])
-def test_resize_square_gives_requested_size(shape):
+@pytest.mark.parametrize("keep_aspect_ratio", [True, False])
+@pytest.mark.parametrize("shape", [(300, 500), (500, 300), (40, 20), (64, 64), (1, 900)])
+def test_resize_square_gives_requested_size(shape, keep_aspect_ratio):
     image = np.zeros(shape, dtype=np.uint8)
 
-    assert resize_square(image, 64).shape == (64, 64)
+    assert resize_square(image, 64, keep_aspect_ratio).shape == (64, 64)
+
+
+def test_resize_square_keeps_aspect_ratio_with_black_bars():
+    image = np.full((100, 200), 200, dtype=np.uint8)
+
+    resized = resize_square(image, 64)
+
+    assert (resized[:16] == 0).all()
+    assert (resized[16:48] == 200).all()
+    assert (resized[48:] == 0).all()
+
+
+def test_resize_square_stretches_without_aspect_ratio():
+    image = np.full((100, 200), 200, dtype=np.uint8)
+
+    assert (resize_square(image, 64, keep_aspect_ratio=False) == 200).all()
 
 
 def test_clahe_raises_local_contrast():
