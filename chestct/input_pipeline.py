@@ -180,7 +180,7 @@ def _check_batch_size(name: str, value: Any) -> None:
 
 def _check_mixup_alpha(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"train.mixup_alpha must be a finite number (0 or below disables MixUp), got {value!r}.")
+        raise ValueError(f"augment.mixup_alpha must be a finite number (0 or below disables MixUp), got {value!r}.")
 
 
 def _check_seed(value: Any) -> None:

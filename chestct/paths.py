@@ -28,3 +28,12 @@ def images_file(split: str) -> Path:
 def index_file(split: str) -> Path:
     """Return the path of the CSV that describes each row of a split's image array."""
     return PREPROCESSED_DIR / f"{split}.csv"
+
+
+MODELS_DIR = Path("models")
+PHASE1_WEIGHTS = MODELS_DIR / "phase1.weights.h5"
+MODEL_WEIGHTS = MODELS_DIR / "model.weights.h5"
+MODEL_KERAS = MODELS_DIR / "model.keras"
+
+TRAIN_LIVE_DIR = Path("dvclive/train")
+FINETUNE_LIVE_DIR = Path("dvclive/finetune")

@@ -1,11 +1,14 @@
 """Small generated datasets in the Kaggle chest CT layout, for tests and benchmarks."""
 
 import io
+import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from chestct.paths import REPO_ROOT
 
 TRAIN_FOLDERS = {
     "normal": "normal",
@@ -88,3 +91,9 @@ def make_dataset(
             shutil.copyfile(source, root / "Data" / split / "normal" / "copied_from_train.png")
 
     return root
+
+
+# ImageNet weight files that Keras would otherwise download, kept beside the repository
+# because the test machines have no internet access. CHESTCT_WEIGHTS_DIR points elsewhere.
+WEIGHTS_DIR = Path(os.environ.get("CHESTCT_WEIGHTS_DIR", REPO_ROOT.parent / "shared" / "weights"))
+MOBILENET_V2_035_WEIGHTS = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"

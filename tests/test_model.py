@@ -1,8 +1,6 @@
 """Tests of chestct.model: configuration, architecture, freezing and training a tiny model."""
 
-import os
 from dataclasses import replace
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -20,11 +18,9 @@ from chestct.model import (
     resolve_weights,
     unfreeze_top,
 )
+from tests.datasets import MOBILENET_V2_035_WEIGHTS
 
-# The official Keras MobileNetV2 no-top ImageNet weights for width 0.35, kept locally because
-# the test machines cannot download them. Set CHESTCT_WEIGHTS_DIR to use another folder.
-WEIGHTS_DIR = Path(os.environ.get("CHESTCT_WEIGHTS_DIR", "/work/shared/weights"))
-MOBILENET_035 = WEIGHTS_DIR / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+MOBILENET_035 = MOBILENET_V2_035_WEIGHTS
 needs_weights = pytest.mark.skipif(not MOBILENET_035.is_file(), reason=f"{MOBILENET_035} not found")
 
 # The smallest of the three backbones at the smallest input that keras.applications accepts,
