@@ -34,8 +34,9 @@ import numpy as np
 import psutil
 from PIL import Image
 
-from chestct.arrays import SourceImage, _limit_opencv_threads, _process_context, write_split
+from chestct.arrays import SourceImage, write_split
 from chestct.layout import find_dataset_root, list_images
+from chestct.parallel import limit_opencv_threads, process_context
 from chestct.preprocessing import PreprocessConfig
 
 
@@ -56,7 +57,7 @@ def time_floor(files: list[Path], size: int, workers: int) -> float:
     """Return images per second of bare decoding and resizing on ``workers`` processes."""
     work = functools.partial(decode_and_resize, size=size)
     start = time.perf_counter()
-    with _process_context().Pool(workers, initializer=_limit_opencv_threads) as pool:
+    with process_context().Pool(workers, initializer=limit_opencv_threads) as pool:
         for _ in pool.imap(work, files, chunksize=8):
             pass
     return len(files) / (time.perf_counter() - start)

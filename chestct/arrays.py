@@ -9,7 +9,6 @@ the bytes depend only on the inputs.
 import csv
 import functools
 import logging
-import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from chestct.imaging import DEFAULT_MAX_PIXELS, read_grayscale
 from chestct.layout import SPLITS
+from chestct.parallel import limit_opencv_threads, process_context
 from chestct.preprocessing import PreprocessConfig, preprocess_image
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ def preprocess_files(
     With ``workers`` above 1 the files are spread over that many processes; the order of the
     results is the order of ``sources`` whatever the number of workers.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"preprocess.workers must be a positive integer, got {workers!r}.")
+
     files = [source.file for source in sources]
     work = functools.partial(_preprocess_file, config=config, max_pixels=max_pixels)
     progress = functools.partial(tqdm, total=len(files), desc=description, unit="image", mininterval=1.0)
@@ -70,7 +73,7 @@ def preprocess_files(
         yield from progress(map(work, files))
         return
 
-    with _process_context().Pool(workers, initializer=_limit_opencv_threads) as pool:
+    with process_context().Pool(workers, initializer=limit_opencv_threads) as pool:
         yield from progress(pool.imap(work, files, chunksize=8))
 
 
@@ -158,21 +161,6 @@ def _preprocess_file(file: Path, config: PreprocessConfig, max_pixels: int) -> n
     return preprocess_image(read_grayscale(file, max_pixels), config)
 
 
-def _process_context() -> multiprocessing.context.BaseContext:
-    # A forked child inherits OpenCV's and tqdm's threads in whatever state they were, which can
-    # deadlock it; a fork server or a fresh interpreter starts clean.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-def _limit_opencv_threads() -> None:
-    # Each worker process already has a core of its own; OpenCV's thread pool on top of that
-    # only adds contention.
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def select_sources(
     audit_files: pandas.DataFrame, raw_dir: Path, drop_cross_split_duplicates: bool
 ) -> tuple[dict[str, list[SourceImage]], dict[str, dict[str, int]]]:
@@ -186,7 +174,15 @@ def select_sources(
     Returns:
         The sources per split, in the table's order, and per split the counts of files kept,
         undecodable files skipped and duplicates dropped.
+
+    Raises:
+        ValueError: if ``drop_cross_split_duplicates`` is not a bool, or a split has no image left.
     """
+    if not isinstance(drop_cross_split_duplicates, bool):
+        raise ValueError(
+            f"data.drop_cross_split_duplicates must be true or false, got {drop_cross_split_duplicates!r}."
+        )
+
     sources, counts = {}, {}
     for split in SPLITS:
         rows = audit_files[audit_files["split"] == split]
@@ -203,4 +199,9 @@ def select_sources(
             "skipped_undecodable": int(undecodable.sum()),
             "dropped_cross_split_duplicates": int((duplicate & drop_cross_split_duplicates).sum()),
         }
+        if not sources[split]:
+            raise ValueError(
+                f"Split {split} has no image left to preprocess ({counts[split]}); "
+                "see the decode errors in data/audit/files.csv."
+            )
     return sources, counts

@@ -35,6 +35,7 @@ from chestct.duplicates import (
 )
 from chestct.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, image_info, to_grayscale
 from chestct.layout import MANIFEST_COLUMNS, SPLITS, SUBTYPES, ManifestRow, read_manifest
+from chestct.parallel import process_context
 from chestct.probe import run_shortcut_probe
 
 logger = logging.getLogger(__name__)
@@ -319,7 +320,7 @@ def inspect_images(
     if workers <= 1 or len(files) < 2:
         return [inspect(file) for file in tqdm(files, **progress)]
 
-    with ProcessPoolExecutor(max_workers=workers) as executor:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=process_context()) as executor:
         return list(tqdm(executor.map(inspect, files, chunksize=16), **progress))
 
 

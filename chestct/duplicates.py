@@ -42,20 +42,29 @@ _MAX_DISTANCE_MATRIX_CELLS = 4_000_000
 
 
 def group_exact_duplicates(files: pd.DataFrame) -> pd.Series:
-    """Number the groups of files with the same SHA-256 from 1, missing for unique files."""
+    """Number the groups of files with the same SHA-256 from 1, missing for unique files.
+
+    Undecodable files belong to no group: they are reported as decode errors, and counting,
+    say, a dozen empty files as one duplicate group would inflate the duplicate figures.
+    """
     # Files are sorted by path, so ids follow the path of each group's first member.
-    sizes = files.groupby("sha256")["path"].transform("size")
-    duplicated = files["sha256"].where(sizes > 1)
+    sha256 = files["sha256"].where(files["decode_error"] == "")
+    sizes = sha256.groupby(sha256).transform("size")
+    duplicated = sha256.where(sizes > 1)
     codes, _ = pd.factorize(duplicated, use_na_sentinel=True)
     groups = pd.array([code + 1 if code >= 0 else pd.NA for code in codes], dtype="Int64")
     return pd.Series(groups, index=files.index)
 
 
 def flag_duplicates_of_earlier_split(files: pd.DataFrame) -> pd.Series:
-    """Mark files that are byte-identical to a file of an earlier split in the order train, valid, test."""
-    ranks = files["split"].map(_SPLIT_RANK)
+    """Mark files that are byte-identical to a file of an earlier split in the order train, valid, test.
+
+    Only decodable files count, on both sides.
+    """
+    decodable = files["decode_error"] == ""
+    ranks = files["split"].map(_SPLIT_RANK).where(decodable)
     earliest = ranks.groupby(files["sha256"]).transform("min")
-    return (earliest < ranks).astype(bool)
+    return ((earliest < ranks) & decodable).astype(bool)
 
 
 def find_near_duplicate_pairs(files: pd.DataFrame, max_distance: int) -> pd.DataFrame:

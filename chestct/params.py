@@ -3,8 +3,9 @@
 The file is read with ruamel.yaml, the YAML 1.2 loader that DVC itself uses: PyYAML follows
 YAML 1.1 and reads values such as ``1e-4`` as strings.
 
-Stage scripts list the dotted keys they use and load only those, so a stage cannot read a
-parameter that ``dvc.yaml`` does not declare for it: the missing key raises ``KeyError``.
+Stage scripts list the dotted keys they use in ``PARAMS`` and load only those, so reading any
+other key raises ``KeyError``. ``tests/test_dvc_yaml.py`` checks that ``dvc.yaml`` declares
+every key in ``PARAMS`` except the few that change only speed, such as ``preprocess.workers``.
 """
 
 from collections.abc import Iterable

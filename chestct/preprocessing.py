@@ -15,6 +15,7 @@ serving time are computed exactly as in training. The steps, in order:
 """
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,10 @@ class PreprocessConfig:
         _check_int("clahe_tile_grid", self.clahe_tile_grid, 1, self.image_size)
         if isinstance(self.clahe_clip_limit, bool) or not isinstance(self.clahe_clip_limit, (int, float)):
             raise ValueError(f"preprocess.clahe_clip_limit must be a number, got {self.clahe_clip_limit!r}.")
-        if not self.clahe_clip_limit > 0:
-            raise ValueError(f"preprocess.clahe_clip_limit must be positive, got {self.clahe_clip_limit!r}.")
+        if not 0 < self.clahe_clip_limit < math.inf:
+            raise ValueError(
+                f"preprocess.clahe_clip_limit must be a positive finite number, got {self.clahe_clip_limit!r}."
+            )
         for name in ("crop_borders", "keep_aspect_ratio", "clahe"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"preprocess.{name} must be true or false, got {getattr(self, name)!r}.")

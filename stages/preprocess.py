@@ -30,8 +30,8 @@ PARAMS = (
 def main() -> None:
     params = load_params(paths.PARAMS_FILE, PARAMS)
     config = PreprocessConfig.from_params(params["preprocess"])
-    workers = int(params["preprocess"]["workers"])
-    drop_duplicates = bool(params["data"]["drop_cross_split_duplicates"])
+    workers = params["preprocess"]["workers"]
+    drop_duplicates = params["data"]["drop_cross_split_duplicates"]
 
     audit_files = read_audit_files(paths.AUDIT_FILES)
     sources, counts = select_sources(audit_files, paths.RAW_DIR, drop_duplicates)
@@ -43,7 +43,7 @@ def main() -> None:
             paths.index_file(split),
             config,
             workers=workers,
-            max_pixels=int(params["audit"]["max_pixels"]),
+            max_pixels=params["audit"]["max_pixels"],
         )
 
     metrics = {"image_size": config.image_size, "drop_cross_split_duplicates": drop_duplicates, "splits": counts}

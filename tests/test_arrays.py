@@ -119,3 +119,23 @@ def test_select_sources_resolves_files(tmp_path):
     sources, _ = select_sources(audit_table(), tmp_path, drop_cross_split_duplicates=False)
 
     assert sources["test"][1].file == tmp_path / "images/test/adeno/d.png"
+
+
+@pytest.mark.parametrize("value", ["no", "false", 0, None])
+def test_select_sources_rejects_non_boolean_drop(tmp_path, value):
+    with pytest.raises(ValueError, match="data.drop_cross_split_duplicates"):
+        select_sources(audit_table(), tmp_path, drop_cross_split_duplicates=value)
+
+
+def test_select_sources_rejects_empty_split(tmp_path):
+    table = audit_table()
+    table.loc[table["split"] == "valid", "decode_error"] = "empty file (0 bytes)"
+
+    with pytest.raises(ValueError, match="Split valid has no image left"):
+        select_sources(table, tmp_path, drop_cross_split_duplicates=False)
+
+
+@pytest.mark.parametrize("workers", [0, -1, 2.5, "abc", True])
+def test_write_split_rejects_invalid_workers(tmp_path, sources, workers):
+    with pytest.raises(ValueError, match="preprocess.workers"):
+        write_split(sources, tmp_path / "a.npy", tmp_path / "a.csv", CONFIG, workers=workers)

@@ -5,7 +5,12 @@ tests/test_audit.py covers duplicates end to end through ``audit_dataset`` on ge
 
 import pandas as pd
 
-from chestct.duplicates import find_near_duplicate_pairs, group_near_duplicates
+from chestct.duplicates import (
+    find_near_duplicate_pairs,
+    flag_duplicates_of_earlier_split,
+    group_exact_duplicates,
+    group_near_duplicates,
+)
 
 
 def test_near_pairs_sorted_and_cross_split():
@@ -45,3 +50,35 @@ def test_near_groups_ignore_pair_order():
     backward = group_near_duplicates(6, pair_table([(second, first) for first, second in reversed(pairs)]))
 
     pd.testing.assert_series_equal(forward, backward)
+
+
+def file_table(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["path", "split", "sha256", "decode_error"])
+
+
+def test_exact_groups_skip_undecodable_files():
+    files = file_table(
+        [
+            ("images/train/a.png", "train", "same", "empty file (0 bytes)"),
+            ("images/valid/b.png", "valid", "same", "empty file (0 bytes)"),
+            ("images/train/c.png", "train", "other", ""),
+            ("images/test/d.png", "test", "other", ""),
+        ]
+    )
+
+    groups = group_exact_duplicates(files)
+
+    assert groups.isna().tolist() == [True, True, False, False]
+
+
+def test_earlier_split_flag_skips_undecodable_files():
+    files = file_table(
+        [
+            ("images/train/a.png", "train", "same", "empty file (0 bytes)"),
+            ("images/valid/b.png", "valid", "same", "empty file (0 bytes)"),
+            ("images/train/c.png", "train", "other", ""),
+            ("images/test/d.png", "test", "other", ""),
+        ]
+    )
+
+    assert flag_duplicates_of_earlier_split(files).tolist() == [False, False, False, True]

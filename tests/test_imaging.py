@@ -1,4 +1,6 @@
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -94,6 +96,29 @@ def test_pixel_limit_rejects_large_image():
 
     with pytest.raises(ImageDecodeError, match="too many pixels"):
         decode_image(data, max_pixels=200 * 299)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """Return a PNG that declares ``width`` x ``height`` grayscale pixels but holds no pixel data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunks = png_chunk(b"IHDR", header) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def test_huge_declared_size_rejected_before_decoding():
+    with pytest.raises(ImageDecodeError, match="20000x20000 is more than the limit of 50,000,000"):
+        decode_image(png_header_only(20000, 20000))
+
+
+def test_pixel_limit_above_pillow_default_applies():
+    # 14000x14000 is above twice Pillow's own decompression-bomb limit of about 89 million pixels,
+    # where Pillow itself would raise.
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt"):
+        decode_image(png_header_only(14000, 14000), max_pixels=300_000_000)
 
 
 def test_read_grayscale_names_file(tmp_path):

@@ -159,6 +159,7 @@ def test_preprocess_image_rejects_bad_arrays(image):
         ("crop_tolerance", -1),
         ("clahe_clip_limit", 0),
         ("clahe_clip_limit", "2"),
+        ("clahe_clip_limit", float("inf")),
         ("clahe_tile_grid", 0),
         ("clahe", "yes"),
     ],
