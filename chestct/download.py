@@ -7,7 +7,8 @@ archive go through the same checks and extraction. Every source ends in the same
 ``manifest.csv`` with one ``ManifestRow`` per image.
 
 The new folder is built next to the output folder and renamed into place only when complete,
-so a failed run leaves an existing output folder as it was.
+so a failed run leaves an existing output folder as it was. The temporary folders next to it
+are removed on any error and on SIGTERM, and at the start of the next run if a kill left them.
 """
 
 import contextlib
@@ -17,9 +18,11 @@ import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,11 +42,20 @@ KAGGLE_SOURCE = "kaggle"
 MAX_ARCHIVE_BYTES = 4 * 1024**3
 MAX_ARCHIVE_ENTRIES = 100_000
 
+# Maximum wait, in seconds, for a connection to Kaggle or for the next data of a response.
+# kaggle 2.2.5 sends its API requests without a timeout, so a stalled connection would
+# otherwise block the stage forever.
+KAGGLE_TIMEOUT_SECONDS = 60
+
 _IMAGES_FOLDER = paths.RAW_IMAGES_DIR.relative_to(paths.RAW_DIR)
 _MANIFEST_NAME = paths.RAW_MANIFEST.relative_to(paths.RAW_DIR)
 _COPY_CHUNK_BYTES = 1024 * 1024
 _KAGGLE_DATASET_PATTERN = re.compile(r"[^/\s]+/[^/\s]+(/\d+)?")
 _DRIVE_LETTER = re.compile(r"[A-Za-z]:")
+# The kinds of temporary folder that this module creates next to the output folder. The suffix
+# is the 8 characters that tempfile.mkdtemp adds (CPython 3.11 tempfile._RandomNameSequence).
+_TEMPORARY_KINDS = ("partial", "extract", "kaggle", "old")
+_TEMPORARY_SUFFIX = r"-[a-z0-9_]{8}"
 
 
 class DownloadError(Exception):
@@ -71,6 +83,10 @@ def download_dataset(
 ) -> list[ManifestRow]:
     """Fetch the dataset from ``source`` and write it with its manifest to ``out_dir``.
 
+    Folders that an earlier, killed run left next to ``out_dir`` are removed first. SIGTERM
+    raises ``SystemExit(143)`` while the function runs, so that its temporary folders are
+    removed, unless the caller has set a SIGTERM handler of its own.
+
     Args:
         source: ``"kaggle"``, or a local folder or ``.zip`` in the Kaggle layout.
         kaggle_dataset: The Kaggle dataset as ``owner/slug`` or ``owner/slug/version``, used
@@ -88,23 +104,29 @@ def download_dataset(
         UnsafeArchiveError: if a zip has an entry that could land outside the extraction folder,
             a symbolic link, or more bytes or entries than ``MAX_ARCHIVE_BYTES`` or
             ``MAX_ARCHIVE_ENTRIES``.
-        DownloadError: for other failures of the download or of reading the archive.
-        LayoutError: if the data does not follow the Kaggle layout.
+        DownloadError: if ``source`` is not a non-empty string, if a local source is neither a
+            folder nor a regular file, if Kaggle sends no data for ``KAGGLE_TIMEOUT_SECONDS``,
+            and for other failures of the download or of reading the archive.
+        LayoutError: if the data does not follow the Kaggle layout, or if a folder source
+            contains a symbolic link.
     """
+    source = _checked_source_value(source)
     repo_root = Path(repo_root)
     out_dir = _resolve(out_dir, repo_root)
 
-    if source == KAGGLE_SOURCE:
-        return _download_from_kaggle(kaggle_dataset, out_dir, progress)
+    with _exit_on_sigterm():
+        _remove_stale_temporary_folders(out_dir)
+        if source == KAGGLE_SOURCE:
+            return _download_from_kaggle(kaggle_dataset, out_dir, progress)
 
-    source_path = _resolve(source, repo_root)
-    _check_local_source(source_path, out_dir)
-    if source_path.is_dir():
-        logger.info("Reading the dataset from folder %s", source_path)
-        return _write_raw_dir(source_path, out_dir, progress)
+        source_path = _resolve(source, repo_root)
+        _check_local_source(source_path, out_dir)
+        if source_path.is_dir():
+            logger.info("Reading the dataset from folder %s", source_path)
+            return _write_raw_dir(source_path, out_dir, progress)
 
-    logger.info("Reading the dataset from zip %s", source_path)
-    return _import_zip(source_path, out_dir, progress)
+        logger.info("Reading the dataset from zip %s", source_path)
+        return _import_zip(source_path, out_dir, progress)
 
 
 def find_kaggle_credentials() -> str | None:
@@ -140,6 +162,17 @@ def extract_zip(archive_path: str | Path, target: str | Path) -> None:
 # Local sources
 
 
+def _checked_source_value(source: Any) -> str:
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
+    if not isinstance(source, str) or not source.strip():
+        raise DownloadError(
+            f"Invalid data.source {source!r}: expected {KAGGLE_SOURCE!r} or the path of a local folder "
+            f"or .zip in the Kaggle layout."
+        )
+    return source
+
+
 def _resolve(path: str | Path, repo_root: Path) -> Path:
     path = Path(path).expanduser()
     if not path.is_absolute():
@@ -158,6 +191,13 @@ def _check_local_source(source_path: Path, out_dir: Path) -> None:
         raise DownloadError(
             f"Dataset source {source_path} is inside the output folder {out_dir}, which the "
             f"download replaces. Move the source elsewhere and point data.source at it."
+        )
+    # Reading a FIFO blocks until a writer appears, and a device can be endless, so only
+    # folders and regular files are read.
+    if not source_path.is_dir() and not source_path.is_file():
+        raise DownloadError(
+            f"Dataset source {source_path} is neither a folder nor a regular file. Set data.source "
+            f"to a folder or .zip in the Kaggle layout."
         )
     if source_path.is_file() and not zipfile.is_zipfile(source_path):
         raise DownloadError(f"Dataset source {source_path} is neither a folder nor a zip archive.")
@@ -258,6 +298,57 @@ def _current_umask() -> int:
     return umask
 
 
+def _remove_stale_temporary_folders(out_dir: Path) -> None:
+    """Remove the temporary folders that a killed earlier run left next to ``out_dir``.
+
+    Only folders named like the ones this module creates are removed, such as
+    ``raw.extract-k6nspdce`` next to ``raw``.
+    """
+    # NOTE: a second download into the same out_dir running at this moment would lose its
+    # temporary folders. DVC's repository lock keeps `dvc repro` and `dvc exp run` from
+    # running two at once, but two direct calls of the stage script are not guarded.
+    if not out_dir.parent.is_dir():
+        return
+    kinds = "|".join(_TEMPORARY_KINDS)
+    pattern = re.compile(rf"{re.escape(out_dir.name)}\.(?:{kinds}){_TEMPORARY_SUFFIX}")
+    for entry in sorted(out_dir.parent.iterdir()):
+        if pattern.fullmatch(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+            logger.warning("Removed %s, a temporary folder left by an earlier run that was stopped", entry)
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """Raise ``SystemExit(143)`` on SIGTERM inside the block, so that cleanup code runs.
+
+    ``timeout``, CI cancellation and ``kill`` send SIGTERM, whose default action ends the
+    process without removing temporary folders. A SIGTERM handler that the caller set is left
+    in place, and outside the main thread nothing changes, because Python runs signal handlers
+    only in the main thread.
+    """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if not in_main_thread or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    received = []
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        # 128 + the signal number is the exit status that a shell reports for a killed process.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except SystemExit:
+        if received:
+            logger.warning("Stopped by SIGTERM after removing the temporary folders of this run")
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 # Zip archives
 
 
@@ -354,8 +445,8 @@ def _extract_members(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], t
 # Kaggle
 
 
-def _download_from_kaggle(kaggle_dataset: str, out_dir: Path, progress: bool) -> list[ManifestRow]:
-    if not _KAGGLE_DATASET_PATTERN.fullmatch(kaggle_dataset or ""):
+def _download_from_kaggle(kaggle_dataset: Any, out_dir: Path, progress: bool) -> list[ManifestRow]:
+    if not isinstance(kaggle_dataset, str) or not _KAGGLE_DATASET_PATTERN.fullmatch(kaggle_dataset):
         raise DownloadError(
             f"Invalid data.kaggle_dataset {kaggle_dataset!r}: expected owner/dataset-slug or "
             f"owner/dataset-slug/version, e.g. mohamedhanyyy/chest-ctscan-images."
@@ -368,8 +459,10 @@ def _download_from_kaggle(kaggle_dataset: str, out_dir: Path, progress: bool) ->
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{out_dir.name}.kaggle-", dir=out_dir.parent) as download_dir:
-        api = _kaggle_client(credentials)
-        _request_download(api, kaggle_dataset, Path(download_dir), credentials, progress)
+        # Importing the client authenticates, which can send requests too.
+        with _requests_timeout(KAGGLE_TIMEOUT_SECONDS):
+            api = _kaggle_client(credentials)
+            _request_download(api, kaggle_dataset, Path(download_dir), credentials, progress)
         archive_path = _downloaded_zip(Path(download_dir), kaggle_dataset)
         logger.info("Downloaded %s (%d bytes)", archive_path.name, archive_path.stat().st_size)
         return _import_zip(archive_path, out_dir, progress)
@@ -408,10 +501,81 @@ def _request_download(api: Any, kaggle_dataset: str, download_dir: Path, credent
     except requests.HTTPError as exc:
         raise _http_error(exc, kaggle_dataset, credentials) from exc
     except (requests.ConnectionError, requests.Timeout) as exc:
+        failure = f"Could not reach Kaggle to download {kaggle_dataset} ({type(exc).__name__})."
+        if _is_timeout(exc):
+            failure = (
+                f"Could not reach Kaggle to download {kaggle_dataset}: the request timed out after "
+                f"{KAGGLE_TIMEOUT_SECONDS} s without data ({type(exc).__name__})."
+            )
         raise DownloadError(
-            f"Could not reach Kaggle to download {kaggle_dataset} ({type(exc).__name__}). Check the "
-            f"network connection, or set data.source to a local folder or .zip in the Kaggle layout."
+            f"{failure} Check the network connection and any proxy in HTTPS_PROXY, or set "
+            f"data.source to a local folder or .zip in the Kaggle layout."
         ) from exc
+
+
+@contextlib.contextmanager
+def _requests_timeout(seconds: float) -> Iterator[None]:
+    """Limit every ``requests`` call inside the block to ``seconds`` per connection and per read.
+
+    kaggle 2.2.5 and kagglesdk 0.1.38 send their API requests through ``requests.Session.send``
+    without a timeout. ``socket.setdefaulttimeout`` does not help, because requests 2.34 hands
+    urllib3 an explicit ``None``, which blocks. So ``HTTPAdapter.send``, which every session
+    calls, gets the limit until the block ends. Larger timeouts are lowered as well, such as the
+    300 s of the client's retries of a broken file download.
+    """
+    # NOTE: the patch applies to every thread of the process while the block runs. The client
+    # retries a file download that stalls up to 5 times (kaggle 2.2.5 download_file), so by an
+    # estimate from its source a transfer that keeps stalling fails after 6 timeouts plus about
+    # 65 s of backoff.
+    from requests.adapters import HTTPAdapter
+
+    original_send = HTTPAdapter.send
+
+    def send_with_timeout(adapter, request, stream=False, timeout=None, *args, **kwargs):
+        return original_send(adapter, request, stream, _limited_timeout(timeout, seconds), *args, **kwargs)
+
+    HTTPAdapter.send = send_with_timeout
+    try:
+        yield
+    finally:
+        HTTPAdapter.send = original_send
+
+
+def _limited_timeout(timeout: Any, limit: float) -> Any:
+    """Return a requests ``timeout`` value whose connect and read parts are at most ``limit``."""
+    if timeout is None:
+        return limit
+    if isinstance(timeout, int | float):
+        return min(timeout, limit)
+    if isinstance(timeout, tuple) and len(timeout) == 2:
+        return tuple(limit if part is None else min(part, limit) for part in timeout)
+    # NOTE: a urllib3 Timeout object passes unchanged. Neither kaggle 2.2.5 nor kagglesdk 0.1.38 passes one.
+    return timeout
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Return whether ``exc`` or an error that it wraps is a timeout.
+
+    requests 2.34 reports a read that timed out while a streamed body downloads as a
+    ``ConnectionError`` around urllib3's ``ReadTimeoutError``, so the type of ``exc`` alone does
+    not tell.
+    """
+    import requests
+    import urllib3.exceptions
+
+    timeout_types = (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)
+    pending = [exc]
+    seen = set()
+    while pending:
+        error = pending.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, timeout_types):
+            return True
+        wrapped = [error.__cause__, error.__context__, getattr(error, "reason", None), *error.args]
+        pending += [item for item in wrapped if isinstance(item, BaseException)]
+    return False
 
 
 def _http_error(exc: Any, kaggle_dataset: str, credentials: str) -> DownloadError:
@@ -497,18 +661,37 @@ def _legacy_config_dir() -> Path:
 
 
 def _find_legacy_key() -> str | None:
-    config_file = _legacy_config_dir() / "kaggle.json"
-    values = _read_json_object(config_file)
-    sources = {key: str(config_file) for key in ("username", "key") if values.get(key)}
-
-    # The client lets KAGGLE_USERNAME and KAGGLE_KEY override the file, one by one.
-    for key in ("username", "key"):
-        if os.environ.get(f"KAGGLE_{key.upper()}"):
-            sources[key] = f"environment variable KAGGLE_{key.upper()}"
-
+    sources = _legacy_key_sources()
     if len(sources) < 2:
         return None
     return " and ".join(dict.fromkeys(sources.values()))
+
+
+def _legacy_key_sources() -> dict[str, str]:
+    """Map each legacy credential field found, ``username`` or ``key``, to where it was found."""
+    config_file = _legacy_config_dir() / "kaggle.json"
+    values = _read_json_object(config_file)
+    sources = {field: str(config_file) for field in ("username", "key") if values.get(field)}
+
+    # The client lets KAGGLE_USERNAME and KAGGLE_KEY override the file, one by one.
+    for field in ("username", "key"):
+        if os.environ.get(f"KAGGLE_{field.upper()}"):
+            sources[field] = f"environment variable KAGGLE_{field.upper()}"
+    return sources
+
+
+def _missing_legacy_half() -> str | None:
+    """Describe a legacy key that has only one of username and key, or return None."""
+    sources = _legacy_key_sources()
+    if len(sources) != 1:
+        return None
+    present, where = next(iter(sources.items()))
+    missing = "key" if present == "username" else "username"
+    config_file = _legacy_config_dir() / "kaggle.json"
+    return (
+        f"Found the Kaggle {present} in {where} but no {missing}: set KAGGLE_{missing.upper()}, "
+        f'or add "{missing}" to {config_file}.'
+    )
 
 
 def _find_oauth_credentials() -> str | None:
@@ -531,14 +714,22 @@ def _read_json_object(path: Path) -> dict:
 
 
 def _missing_credentials_message(kaggle_dataset: str) -> str:
+    """Build the message for missing credentials: a short first line, then one line per way to fix it."""
     home = _home()
-    return (
-        f"No Kaggle credentials found, so data.source={KAGGLE_SOURCE!r} cannot download {kaggle_dataset}. "
-        f"Provide them in one of these ways: set KAGGLE_API_TOKEN to an API token from "
-        f"https://www.kaggle.com/settings/api or to the path of a file that contains it; save the "
-        f"token to {home / '.kaggle' / 'access_token'}; run `kaggle auth login`, which writes "
-        f"{home / '.kaggle' / 'credentials.json'}; put a legacy kaggle.json with username and key "
-        f"in {_legacy_config_dir()} (KAGGLE_CONFIG_DIR sets this folder); or set KAGGLE_USERNAME and "
-        f"KAGGLE_KEY. Alternatively set data.source to a local folder or .zip in the Kaggle layout, "
-        f"e.g. `dvc exp run -S data.source=/path/to/chest-ctscan-images`."
-    )
+    lines = [f"No Kaggle credentials found to download {kaggle_dataset}."]
+
+    missing_half = _missing_legacy_half()
+    if missing_half:
+        lines.append(missing_half)
+
+    lines += [
+        "Create an API token at https://www.kaggle.com/settings/api and provide it in one of these ways:",
+        "  - set KAGGLE_API_TOKEN to the token, or to the path of a file that contains it",
+        f"  - save the token to {home / '.kaggle' / 'access_token'}",
+        f"  - run `kaggle auth login`, which writes {home / '.kaggle' / 'credentials.json'}",
+        f"  - put kaggle.json with username and key in {_legacy_config_dir()} or in $KAGGLE_CONFIG_DIR",
+        "  - set KAGGLE_USERNAME and KAGGLE_KEY to the legacy username and key",
+        "Or set data.source to a local folder or .zip in the Kaggle layout, for example:",
+        "  dvc exp run -S data.source=/path/to/chest-ctscan-images",
+    ]
+    return "\n".join(lines)

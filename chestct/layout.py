@@ -19,6 +19,8 @@ CANCER_SUBTYPES = ("adenocarcinoma", "large_cell_carcinoma", "squamous_cell_carc
 SUBTYPES = (NORMAL, *CANCER_SUBTYPES)
 DATA_FOLDER_NAMES = ("Data", "data")
 
+_CLASS_NAMES_HINT = f"expected a name starting with one of {', '.join(s.replace('_', '.') for s in SUBTYPES)}."
+
 
 class LayoutError(ValueError):
     """A dataset folder that does not follow the Kaggle layout."""
@@ -53,13 +55,9 @@ def parse_class_folder(name: str) -> str:
     Raises:
         LayoutError: if the name matches no known class.
     """
-    stem = name.split("_", 1)[0]
-    subtype = re.sub(r"[.\- ]+", "_", stem.strip().lower())
-    if subtype not in SUBTYPES:
-        raise LayoutError(
-            f"Unknown class folder {name!r}: expected a name starting with one of "
-            f"{', '.join(s.replace('_', '.') for s in SUBTYPES)}."
-        )
+    subtype = _subtype_or_none(name)
+    if subtype is None:
+        raise LayoutError(f"Unknown class folder {name!r}: {_CLASS_NAMES_HINT}")
     return subtype
 
 
@@ -74,7 +72,8 @@ def find_dataset_root(folder: Path) -> Path:
     Accepts ``folder`` itself, ``folder/Data`` or ``folder/<one name>/Data``.
 
     Raises:
-        LayoutError: if no candidate, or more than one at the same depth, contains all splits.
+        LayoutError: if no candidate, or more than one at the same depth, contains all splits, or
+            if the path from ``folder`` to the one found passes through a symbolic link.
     """
     folder = Path(folder)
     nested = [child for child in sorted(folder.iterdir()) if child.is_dir() and not _is_hidden(child)]
@@ -87,15 +86,20 @@ def find_dataset_root(folder: Path) -> Path:
     for candidates in depths:
         found = [path for path in candidates if _has_split_folders(path)]
         if len(found) == 1:
+            _reject_links_below(folder, found[0])
             return found[0]
         if len(found) > 1:
             listed = ", ".join(str(path) for path in found)
             raise LayoutError(f"{folder} contains several datasets ({listed}); point data.source at one of them.")
 
-    raise LayoutError(
+    message = (
         f"{folder} is not in the Kaggle layout: no folder with {'/'.join(SPLITS)} subfolders found "
         f"at {folder}, {folder}/Data or {folder}/<name>/Data."
     )
+    partial = [_describe_splits_found(path) for depth in depths for path in depth if _has_some_split_folder(path)]
+    if partial:
+        message += " " + " ".join(partial)
+    raise LayoutError(message)
 
 
 def list_images(root: Path) -> list[tuple[str, str, str, Path]]:
@@ -106,20 +110,25 @@ def list_images(root: Path) -> list[tuple[str, str, str, Path]]:
 
     Raises:
         LayoutError: on a missing split, a split without one of the four classes, an unknown
-            folder, or a file or folder where the layout has none.
+            folder, or a file or folder where the layout has none. Also on a symbolic link, and
+            on an entry that is neither a regular file nor a folder, such as a FIFO.
     """
     _reject_unknown_entries(root, SPLITS, "split folder")
     images = []
 
     for split in SPLITS:
         split_dir = root / split
+        _reject_link(split_dir)
         class_dirs = [entry for entry in sorted(split_dir.iterdir()) if not _is_hidden(entry)]
         subtypes_seen = set()
 
         for class_dir in class_dirs:
+            _reject_link(class_dir)
             if not class_dir.is_dir():
                 raise LayoutError(f"Unexpected file {class_dir}: files belong in a class folder below {split_dir}.")
-            subtype = parse_class_folder(class_dir.name)
+            subtype = _subtype_or_none(class_dir.name)
+            if subtype is None:
+                raise LayoutError(f"Unknown class folder {class_dir}: {_CLASS_NAMES_HINT}")
             files = _list_class_files(class_dir)
             if files:
                 subtypes_seen.add(subtype)
@@ -162,6 +171,12 @@ def read_manifest(path: Path) -> list[ManifestRow]:
         ]
 
 
+def _subtype_or_none(class_folder: str) -> str | None:
+    stem = class_folder.split("_", 1)[0]
+    subtype = re.sub(r"[.\- ]+", "_", stem.strip().lower())
+    return subtype if subtype in SUBTYPES else None
+
+
 def _is_hidden(path: Path) -> bool:
     # Finder, Explorer and archive tools leave .DS_Store, Thumbs.db and __MACOSX behind.
     return path.name.startswith(".") or path.name in {"Thumbs.db", "desktop.ini", "__MACOSX"}
@@ -169,6 +184,33 @@ def _is_hidden(path: Path) -> bool:
 
 def _has_split_folders(path: Path) -> bool:
     return all((path / split).is_dir() for split in SPLITS)
+
+
+def _has_some_split_folder(path: Path) -> bool:
+    return any((path / split).is_dir() for split in SPLITS)
+
+
+def _describe_splits_found(path: Path) -> str:
+    found = [split for split in SPLITS if (path / split).is_dir()]
+    missing = [split for split in SPLITS if split not in found]
+    return f"Found {', '.join(found)} but not {', '.join(missing)} in {path}."
+
+
+def _reject_link(path: Path) -> None:
+    # A link can point anywhere, such as /etc, and whatever it points to would be copied into
+    # data/raw and the DVC cache. Zip sources reject links for the same reason.
+    if path.is_symlink():
+        raise LayoutError(
+            f"{path} is a symbolic link, and dataset folders may not contain links (zip archives may "
+            f"not either). Replace the link with a copy of its target, for example with `cp -L`."
+        )
+
+
+def _reject_links_below(folder: Path, root: Path) -> None:
+    path = folder
+    for part in root.relative_to(folder).parts:
+        path = path / part
+        _reject_link(path)
 
 
 def _reject_unknown_entries(folder: Path, allowed: tuple[str, ...], kind: str) -> None:
@@ -183,7 +225,14 @@ def _list_class_files(class_dir: Path) -> list[Path]:
         if _is_hidden(entry):
             logger.debug("Skipping hidden file %s", entry)
             continue
+        _reject_link(entry)
         if entry.is_dir():
             raise LayoutError(f"Unknown folder {entry}: class folders must contain image files only.")
+        # Opening a FIFO for reading blocks until a writer appears, so the copy would hang.
+        if not entry.is_file():
+            raise LayoutError(
+                f"Unexpected {entry}: it is neither a regular file nor a folder. Class folders must "
+                f"contain image files only."
+            )
         files.append(entry)
     return files

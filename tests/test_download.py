@@ -1,19 +1,25 @@
 """Tests of the download stage's library, chestct.download, and of its stage script."""
 
+import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import sys
+import time
 import types
 import zipfile
 from pathlib import Path
 
 import pytest
 import requests
+import requests.adapters
 
 from chestct import download
 from chestct.download import (
@@ -122,6 +128,33 @@ def source_file(dataset_dir: Path, manifest_path: str) -> Path:
     return dataset_dir / "Data" / Path(manifest_path).relative_to("images")
 
 
+@contextlib.contextmanager
+def fails_after(seconds: float):
+    """Fail the test if the block runs longer than ``seconds``, where it would otherwise hang."""
+
+    def expire(signum, frame):
+        pytest.fail(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture
+def stalled_server() -> str:
+    """The URL of a server on 127.0.0.1 that never sends a response.
+
+    The kernel completes the TCP handshake for connections in the listen backlog, so clients
+    connect and send, and then wait for a response that never comes.
+    """
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as server:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
 # Local sources
 
 
@@ -184,6 +217,68 @@ def test_file_that_is_not_zip_rejected(tmp_path, out_dir):
 
     with pytest.raises(DownloadError, match="neither a folder nor a zip"):
         download_dataset(str(not_zip), KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+
+@pytest.mark.parametrize("source", [None, 123, "", "  ", ["kaggle"]])
+def test_invalid_source_value(tmp_path, out_dir, source):
+    with pytest.raises(DownloadError, match="Invalid data.source") as raised:
+        download_dataset(source, KAGGLE_DATASET, out_dir=out_dir, repo_root=tmp_path, progress=False)
+
+    assert repr(source) in str(raised.value)
+    assert not out_dir.parent.exists()
+
+
+def test_path_object_source_accepted(dataset_dir, out_dir):
+    rows = download_dataset(dataset_dir, KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert len(rows) == IMAGES_PER_DATASET
+
+
+def test_fifo_source_rejected(tmp_path, out_dir):
+    fifo = tmp_path / "dataset.zip"
+    os.mkfifo(fifo)
+
+    with fails_after(10), pytest.raises(DownloadError, match="neither a folder nor a regular file") as raised:
+        download_dataset(str(fifo), KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert str(fifo) in str(raised.value)
+
+
+def test_fifo_inside_folder_rejected(dataset_dir, tmp_path, out_dir):
+    source = tmp_path / "source"
+    shutil.copytree(dataset_dir, source)
+    fifo = source / "Data" / "train" / "normal" / "fifo.png"
+    os.mkfifo(fifo)
+
+    with fails_after(10), pytest.raises(LayoutError, match="neither a regular file nor a folder") as raised:
+        download_dataset(str(source), KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert str(fifo) in str(raised.value)
+    assert not out_dir.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "link, target",
+    [
+        ("Data/train/normal/link.png", "/etc/hostname"),
+        ("Data/train/normal/copy.png", "Data/train/normal/normal_000.png"),
+        ("Data/valid/normal", "Data/train/normal"),
+    ],
+    ids=["file-outside", "file-inside", "class-folder"],
+)
+def test_symlink_in_folder_source_rejected(dataset_dir, tmp_path, out_dir, link, target):
+    source = tmp_path / "source"
+    shutil.copytree(dataset_dir, source)
+    link_path = source / link
+    if link_path.is_dir():
+        shutil.rmtree(link_path)
+    link_path.symlink_to(Path(target) if Path(target).is_absolute() else source / target)
+
+    with pytest.raises(LayoutError, match="symbolic link") as raised:
+        download_dataset(str(source), KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert str(link_path) in str(raised.value)
+    assert not out_dir.parent.exists()
 
 
 def test_source_inside_output_rejected(dataset_dir, out_dir):
@@ -291,6 +386,91 @@ def test_copy_failure_keeps_existing_output(dataset_dir, out_dir, existing_raw, 
 
     assert folder_listing(out_dir) == ["earlier-run.txt"]
     assert os.listdir(out_dir.parent) == ["raw"]
+
+
+def test_stale_temporary_folders_removed(dataset_dir, out_dir, caplog):
+    caplog.set_level(logging.INFO, logger="chestct.download")
+    stale = ["raw.extract-k6nspdce", "raw.kaggle-wk2gwplf", "raw.partial-a_b0c1d2", "raw.old-12345678"]
+    kept_folders = ["raw.partial-short", "raw.notes", "other.extract-abcdefgh", "raw.extract-abcdefgh.bak"]
+    out_dir.parent.mkdir(parents=True)
+    for name in stale + kept_folders:
+        (out_dir.parent / name / "images").mkdir(parents=True)
+        (out_dir.parent / name / "images" / "image.png").write_bytes(b"image")
+    # Only folders are removed, even when a file has a matching name.
+    (out_dir.parent / "raw.partial-abcdefgh").write_text("a file", encoding="utf-8")
+
+    download_dataset(str(dataset_dir), KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert sorted(os.listdir(out_dir.parent)) == sorted(["raw", "raw.partial-abcdefgh", *kept_folders])
+    for name in stale:
+        assert str(out_dir.parent / name) in caplog.text, name
+    for name in kept_folders:
+        assert str(out_dir.parent / name) not in caplog.text, name
+
+
+def test_stale_folders_not_followed_through_link(dataset_dir, tmp_path, out_dir):
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "keep").mkdir(parents=True)
+    out_dir.parent.mkdir(parents=True)
+    (out_dir.parent / "raw.extract-abcdefgh").symlink_to(elsewhere)
+
+    download_dataset(str(dataset_dir), KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert (elsewhere / "keep").is_dir()
+    assert (out_dir.parent / "raw.extract-abcdefgh").is_symlink()
+
+
+# Runs download_dataset in a child process that pauses after copying its first image, so that
+# the test can send SIGTERM while the temporary folders exist.
+PAUSING_DOWNLOAD = """
+import sys
+import time
+
+from chestct import download
+
+original_copy = download._copy_and_hash
+
+
+def copy_then_pause(source, target):
+    result = original_copy(source, target)
+    print("copied", flush=True)
+    time.sleep(60)
+    return result
+
+
+download._copy_and_hash = copy_then_pause
+download.download_dataset(sys.argv[1], "owner/slug", out_dir=sys.argv[2], progress=False)
+"""
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_sigterm_removes_temporary_folders(dataset_dir, dataset_zip, out_dir, kind):
+    source = dataset_dir if kind == "folder" else dataset_zip
+    out_dir.parent.mkdir(parents=True)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_DOWNLOAD, str(source), str(out_dir)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline() == "copied\n", child.stderr.read()
+        assert os.listdir(out_dir.parent), "no temporary folder while the download runs"
+        child.send_signal(signal.SIGTERM)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    stderr = child.stderr.read()
+    child.stdout.close()
+    child.stderr.close()
+
+    assert child.returncode == 128 + signal.SIGTERM, stderr
+    assert "Stopped by SIGTERM" in stderr
+    assert "Traceback" not in stderr
+    assert os.listdir(out_dir.parent) == []
 
 
 # Unsafe archives
@@ -494,6 +674,41 @@ def test_missing_credentials_raise_before_import(kaggle_home, out_dir, monkeypat
     assert not out_dir.parent.exists()
 
 
+def test_missing_credentials_message_lines(kaggle_home, out_dir):
+    with pytest.raises(CredentialsError) as raised:
+        download_dataset("kaggle", KAGGLE_DATASET, out_dir=out_dir, progress=False)
+    lines = str(raised.value).splitlines()
+
+    assert lines[0] == f"No Kaggle credentials found to download {KAGGLE_DATASET}."
+    assert len([line for line in lines if line.startswith("  - ")]) == 5
+    assert lines[-1] == "  dvc exp run -S data.source=/path/to/chest-ctscan-images"
+    # The home folder of a test is long, so the limit applies to each line with it shortened to "~".
+    for line in lines:
+        assert len(line.replace(str(kaggle_home), "~")) <= 100, line
+
+
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        ({"env": {"KAGGLE_USERNAME": "someone"}}, "username in environment variable KAGGLE_USERNAME but no key"),
+        ({"env": {"KAGGLE_KEY": SECRET}}, "key in environment variable KAGGLE_KEY but no username"),
+        ({"files": {".kaggle/kaggle.json": {"username": "someone"}}}, "kaggle.json but no key"),
+    ],
+    ids=["username-env", "key-env", "kaggle-json-username"],
+)
+def test_missing_credentials_half_named(kaggle_home, out_dir, monkeypatch, setup, expected):
+    write_credentials(kaggle_home, monkeypatch, setup)
+    missing = "KAGGLE_USERNAME" if "no username" in expected else "KAGGLE_KEY"
+
+    with pytest.raises(CredentialsError) as raised:
+        download_dataset("kaggle", KAGGLE_DATASET, out_dir=out_dir, progress=False)
+    second_line = str(raised.value).splitlines()[1]
+
+    assert expected in second_line
+    assert f"set {missing}" in second_line
+    assert SECRET not in str(raised.value)
+
+
 def test_kaggle_source_uses_client(kaggle_home, dataset_zip, out_dir, monkeypatch):
     monkeypatch.setenv("KAGGLE_API_TOKEN", SECRET)
     api = StandInKaggleApi(dataset_zip)
@@ -556,6 +771,111 @@ def test_kaggle_unreachable(kaggle_home, out_dir, monkeypatch):
     assert os.listdir(out_dir.parent) == []
 
 
+class StalledKaggleApi:
+    """Replaces ``kaggle.api``: its download sends a request to a server that never responds."""
+
+    def __init__(self, url: str, timeout: float | None):
+        self.url = url
+        self.timeout = timeout
+
+    def dataset_download_files(self, dataset, path=None, force=False, quiet=True, unzip=False, licenses=()):
+        # kagglesdk 0.1.38 sends its API requests like this, with no timeout at all.
+        request = requests.Request("POST", f"{self.url}/api/v1/datasets.DatasetApiService/DownloadDataset")
+        with requests.Session() as session:
+            session.send(request.prepare(), stream=True, timeout=self.timeout)
+
+
+@pytest.mark.parametrize("client_timeout", [None, 300])
+def test_kaggle_stall_times_out(kaggle_home, out_dir, monkeypatch, stalled_server, client_timeout):
+    monkeypatch.setenv("KAGGLE_API_TOKEN", SECRET)
+    monkeypatch.setattr(download, "KAGGLE_TIMEOUT_SECONDS", 0.5)
+    use_kaggle_client(monkeypatch, StalledKaggleApi(stalled_server, client_timeout))
+    original_send = requests.adapters.HTTPAdapter.send
+    start = time.monotonic()
+
+    with fails_after(20), pytest.raises(DownloadError) as raised:
+        download_dataset("kaggle", KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert time.monotonic() - start < 10
+    assert "Could not reach Kaggle" in str(raised.value)
+    assert "timed out after 0.5 s" in str(raised.value)
+    assert os.listdir(out_dir.parent) == []
+    assert requests.adapters.HTTPAdapter.send is original_send
+
+
+@pytest.mark.parametrize(
+    "timeout, expected",
+    [(None, 0.5), (300, 0.5), (0.1, 0.1), ((None, 300), (0.5, 0.5)), ((0.1, None), (0.1, 0.5))],
+)
+def test_limited_timeout(timeout, expected):
+    assert download._limited_timeout(timeout, 0.5) == expected
+
+
+# Runs download_dataset with the real kaggle client in a child process, so that importing the
+# client cannot change the test process. Name lookups other than of 127.0.0.1 fail, so even a
+# proxy setting that did not apply could not send a request off this machine.
+REAL_CLIENT_DOWNLOAD = """
+import socket
+import sys
+
+lookup = socket.getaddrinfo
+
+
+def lookup_local_only(host, *args, **kwargs):
+    if host not in ("127.0.0.1", "localhost"):
+        raise OSError(f"lookup of {host} blocked by the test")
+    return lookup(host, *args, **kwargs)
+
+
+socket.getaddrinfo = lookup_local_only
+
+from chestct import download
+
+download.KAGGLE_TIMEOUT_SECONDS = 1
+try:
+    download.download_dataset("kaggle", sys.argv[1], out_dir=sys.argv[2], progress=False)
+except download.DownloadError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kaggle") is None, reason="the kaggle client is not installed")
+def test_real_kaggle_client_stall_times_out(tmp_path, out_dir, stalled_server):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("KAGGLE_") and name.lower() not in {"no_proxy", "all_proxy", "xdg_config_home"}
+    }
+    # Fake legacy credentials, and every request through a proxy that never responds.
+    env.update(
+        HOME=str(home),
+        PYTHONPATH=str(REPO_ROOT),
+        KAGGLE_USERNAME="someone",
+        KAGGLE_KEY=SECRET,
+        HTTPS_PROXY=stalled_server,
+        https_proxy=stalled_server,
+        HTTP_PROXY=stalled_server,
+        http_proxy=stalled_server,
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", REAL_CLIENT_DOWNLOAD, KAGGLE_DATASET, str(out_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 3, result.stderr
+    assert "Could not reach Kaggle" in result.stdout
+    assert "timed out after 1 s" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+    assert os.listdir(out_dir.parent) == []
+
+
 def test_kaggle_client_not_authenticated(kaggle_home, out_dir, monkeypatch, caplog):
     # The real _kaggle_client runs against a stand-in module, because importing the real
     # package would authenticate over the network.
@@ -581,10 +901,12 @@ def test_kaggle_client_authenticated(monkeypatch):
     assert download._kaggle_client("environment variable KAGGLE_API_TOKEN") is module.api
 
 
-@pytest.mark.parametrize("dataset", ["", "chest-ctscan-images", "owner/slug/latest", "a/b/1/2"])
+@pytest.mark.parametrize("dataset", ["", "chest-ctscan-images", "owner/slug/latest", "a/b/1/2", None, 123])
 def test_invalid_kaggle_dataset(kaggle_home, out_dir, dataset):
-    with pytest.raises(DownloadError, match="Invalid data.kaggle_dataset"):
+    with pytest.raises(DownloadError, match="Invalid data.kaggle_dataset") as raised:
         download_dataset("kaggle", dataset, out_dir=out_dir, progress=False)
+
+    assert repr(dataset) in str(raised.value)
 
 
 # Stage script
@@ -608,4 +930,46 @@ def test_stage_exits_without_traceback(tmp_path):
 
     assert result.returncode == 1
     assert str(missing) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def run_stage(folder: Path, source: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    (folder / "params.yaml").write_text(
+        f"data:\n  source: {source}\n  kaggle_dataset: {KAGGLE_DATASET}\n", encoding="utf-8"
+    )
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "stages" / "download.py")],
+        cwd=folder,
+        env={**(env or os.environ), "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("source", ["null", "123", "''"])
+def test_stage_rejects_invalid_source(tmp_path, source):
+    result = run_stage(tmp_path, source)
+
+    assert result.returncode == 1
+    assert "Invalid data.source" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_stage_logs_credentials_help_on_lines(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("KAGGLE_")}
+    env.pop("XDG_CONFIG_HOME", None)
+    env["HOME"] = str(home)
+
+    result = run_stage(tmp_path, "kaggle", env)
+    lines = result.stderr.splitlines()
+    first = next(line for line in lines if "Download failed" in line)
+
+    assert result.returncode == 1
+    assert first.endswith(
+        f"ERROR stages.download: Download failed: No Kaggle credentials found to download {KAGGLE_DATASET}."
+    )
+    assert "  - set KAGGLE_USERNAME and KAGGLE_KEY to the legacy username and key" in lines
     assert "Traceback" not in result.stderr
