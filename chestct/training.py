@@ -15,9 +15,11 @@ import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from chestct.arrays import Split
+from chestct import paths
+from chestct.arrays import Split, load_split
 from chestct.augment import AugmentConfig
 from chestct.input_pipeline import balanced_training_dataset, default_steps_per_epoch, validation_dataset
+from chestct.model import ModelConfig, compile_model
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +97,48 @@ def phase_params(section: str) -> tuple[str, ...]:
     return tuple(f"{section}.{field.name}" for field in fields(PhaseConfig)) + (f"{section}.op_determinism",)
 
 
+@dataclass(frozen=True)
+class PhaseSetup:
+    """Everything one training phase reads from ``params.yaml``, validated."""
+
+    phase: PhaseConfig
+    model: ModelConfig
+    augment: AugmentConfig
+    mixup_alpha: float
+    focal_alpha: float
+    focal_gamma: float
+    seed: int
+
+
+def prepare_phase(params: dict[str, Any], section: str) -> PhaseSetup:
+    """Validate a phase's parameters and make its run deterministic.
+
+    Args:
+        params: the parameters loaded with the stage's ``PARAMS``.
+        section: ``"train"`` or ``"finetune"``.
+    """
+    augment, mixup_alpha = augment_settings(params["augment"])
+    setup = PhaseSetup(
+        phase=PhaseConfig.from_params(params[section], section),
+        model=ModelConfig.from_params(params["model"], params["preprocess"]["image_size"]),
+        augment=augment,
+        mixup_alpha=mixup_alpha,
+        focal_alpha=params["loss"]["alpha"],
+        focal_gamma=params["loss"]["gamma"],
+        seed=params["seed"],
+    )
+    set_determinism(setup.seed, params[section]["op_determinism"])
+    return setup
+
+
+def load_training_splits() -> tuple[Split, Split]:
+    """Load the preprocessed train and valid splits, memory-mapped."""
+    return (
+        load_split(paths.images_file("train"), paths.index_file("train")),
+        load_split(paths.images_file("valid"), paths.index_file("valid")),
+    )
+
+
 def augment_settings(section: dict[str, Any]) -> tuple[AugmentConfig, float]:
     """Split the ``augment`` section of ``params.yaml`` into the augmentation and MixUp's alpha."""
     settings = dict(section)
@@ -131,21 +175,19 @@ def make_callbacks(config: PhaseConfig, live: Live) -> list[keras.callbacks.Call
 
 
 def fit_phase(
-    model: keras.Model,
-    train: Split,
-    valid: Split,
-    config: PhaseConfig,
-    augment: AugmentConfig,
-    mixup_alpha: float,
-    seed: int,
-    live: Live,
+    model: keras.Model, train: Split, valid: Split, setup: PhaseSetup, live: Live, seed: int
 ) -> keras.callbacks.History:
     """Train ``model`` on balanced, augmented batches and validate on the fixed valid split.
 
-    The best epoch's weights (highest validation AUC) are restored at the end.
+    The model is compiled here with the phase's learning rate. The best epoch's weights
+    (highest validation AUC) are restored at the end. ``seed`` fixes the batches.
     """
+    config = setup.phase
+    compile_model(model, config.learning_rate, setup.focal_alpha, setup.focal_gamma)
     steps = default_steps_per_epoch(len(train.labels), config.batch_size, config.epoch_factor)
-    train_data = balanced_training_dataset(train.images, train.labels, config.batch_size, augment, mixup_alpha, seed)
+    train_data = balanced_training_dataset(
+        train.images, train.labels, config.batch_size, setup.augment, setup.mixup_alpha, seed
+    )
     valid_data = validation_dataset(valid.images, valid.labels, config.batch_size)
 
     logger.info("Training %d epochs of %d steps of %d images", config.epochs, steps, config.batch_size)

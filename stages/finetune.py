@@ -4,19 +4,17 @@ import logging
 import sys
 
 from chestct import paths
-from chestct.arrays import load_split
-from chestct.model import ModelConfig, build_model, compile_model, unfreeze_top
+from chestct.model import build_model, unfreeze_top
 from chestct.params import load_params
 from chestct.training import (
     COMMON_PARAMS,
-    PhaseConfig,
-    augment_settings,
     fit_phase,
+    load_training_splits,
     next_step_after,
     open_live,
     phase_params,
+    prepare_phase,
     record_best_epoch,
-    set_determinism,
 )
 
 logger = logging.getLogger("stages.finetune")
@@ -26,25 +24,19 @@ PARAMS = (*COMMON_PARAMS, *phase_params("finetune"), "finetune.unfreeze_fraction
 
 def main() -> None:
     params = load_params(paths.PARAMS_FILE, PARAMS)
-    phase = PhaseConfig.from_params(params["finetune"], "finetune")
-    augment, mixup_alpha = augment_settings(params["augment"])
-    model_config = ModelConfig.from_params(params["model"], params["preprocess"]["image_size"])
-    set_determinism(params["seed"], params["finetune"]["op_determinism"])
+    setup = prepare_phase(params, "finetune")
+    train, valid = load_training_splits()
 
-    train = load_split(paths.images_file("train"), paths.index_file("train"))
-    valid = load_split(paths.images_file("valid"), paths.index_file("valid"))
-
-    model = build_model(model_config)
+    model = build_model(setup.model)
     model.load_weights(paths.PHASE1_WEIGHTS)
     unfrozen = unfreeze_top(model, params["finetune"]["unfreeze_fraction"])
     logger.info("Unfroze %d backbone layers", unfrozen)
-    compile_model(model, phase.learning_rate, params["loss"]["alpha"], params["loss"]["gamma"])
 
     # Phase 2's epochs continue phase 1's step count, so both draw one training curve.
     first_step = next_step_after(paths.TRAIN_LIVE_DIR)
     live = open_live(paths.FINETUNE_LIVE_DIR, first_step)
-    # A different seed than phase 1, so that phase 2 does not replay phase 1's batches.
-    history = fit_phase(model, train, valid, phase, augment, mixup_alpha, params["seed"] + 1, live)
+    # A seed other than phase 1's, so that phase 2 does not replay phase 1's batches.
+    history = fit_phase(model, train, valid, setup, live, seed=setup.seed + 1)
     record_best_epoch(history, live, first_step)
 
     model.save_weights(paths.MODEL_WEIGHTS)

@@ -4,18 +4,16 @@ import logging
 import sys
 
 from chestct import paths
-from chestct.arrays import load_split
-from chestct.model import ModelConfig, build_model, compile_model, freeze_backbone
+from chestct.model import build_model, freeze_backbone
 from chestct.params import load_params
 from chestct.training import (
     COMMON_PARAMS,
-    PhaseConfig,
-    augment_settings,
     fit_phase,
+    load_training_splits,
     open_live,
     phase_params,
+    prepare_phase,
     record_best_epoch,
-    set_determinism,
 )
 
 logger = logging.getLogger("stages.train")
@@ -25,20 +23,14 @@ PARAMS = (*COMMON_PARAMS, *phase_params("train"))
 
 def main() -> None:
     params = load_params(paths.PARAMS_FILE, PARAMS)
-    phase = PhaseConfig.from_params(params["train"], "train")
-    augment, mixup_alpha = augment_settings(params["augment"])
-    model_config = ModelConfig.from_params(params["model"], params["preprocess"]["image_size"])
-    set_determinism(params["seed"], params["train"]["op_determinism"])
+    setup = prepare_phase(params, "train")
+    train, valid = load_training_splits()
 
-    train = load_split(paths.images_file("train"), paths.index_file("train"))
-    valid = load_split(paths.images_file("valid"), paths.index_file("valid"))
-
-    model = build_model(model_config)
+    model = build_model(setup.model)
     freeze_backbone(model)
-    compile_model(model, phase.learning_rate, params["loss"]["alpha"], params["loss"]["gamma"])
 
     live = open_live(paths.TRAIN_LIVE_DIR)
-    history = fit_phase(model, train, valid, phase, augment, mixup_alpha, params["seed"], live)
+    history = fit_phase(model, train, valid, setup, live, seed=setup.seed)
     record_best_epoch(history, live, first_step=0)
 
     paths.PHASE1_WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
