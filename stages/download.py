@@ -1,7 +1,8 @@
 """Stage ``download``: fetch the chest CT dataset into data/raw with its manifest.
 
 Run from the repository root: ``python stages/download.py``. Reads ``data.source`` and
-``data.kaggle_dataset`` from params.yaml.
+``data.kaggle_dataset`` from params.yaml. Exits with status 1 when the download fails and 130
+when SIGINT (Ctrl-C) stops it.
 """
 
 import logging
@@ -28,6 +29,11 @@ def main() -> None:
         # These errors carry the whole explanation, so a traceback would only bury it.
         logger.error("Download failed: %s", exc)
         sys.exit(1)
+    except KeyboardInterrupt:
+        # download_dataset removes its temporary folders on the way out, so the traceback
+        # would only show where the interrupt happened. 130 is 128 + SIGINT, as in a shell.
+        logger.error("Download stopped by SIGINT (Ctrl-C)")
+        sys.exit(130)
 
     per_split = Counter(row.split for row in rows)
     counts = ", ".join(f"{split} {count}" for split, count in sorted(per_split.items()))

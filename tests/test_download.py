@@ -1,4 +1,9 @@
-"""Tests of the download stage's library, chestct.download, and of its stage script."""
+"""Tests of the download stage's library and of its stage script.
+
+The library is chestct.download and the modules it builds on: chestct.archives, chestct.staging,
+chestct.kaggle_credentials and chestct.kaggle_source. Most tests go through ``download_dataset``,
+and each monkeypatch replaces a name in the module that defines it.
+"""
 
 import contextlib
 import hashlib
@@ -21,16 +26,16 @@ import pytest
 import requests
 import requests.adapters
 
-from chestct import download
+from chestct import archives, download, download_errors, kaggle_credentials, kaggle_source
+from chestct.archives import extract_zip
 from chestct.download import (
     CredentialsError,
     DownloadError,
     SourceNotFoundError,
     UnsafeArchiveError,
     download_dataset,
-    extract_zip,
-    find_kaggle_credentials,
 )
+from chestct.kaggle_credentials import find_kaggle_credentials
 from chestct.layout import LayoutError, read_manifest
 from chestct.paths import REPO_ROOT
 from tests.datasets import make_dataset
@@ -95,7 +100,7 @@ class StandInKaggleApi:
 
 
 def use_kaggle_client(monkeypatch, api: StandInKaggleApi) -> None:
-    monkeypatch.setattr(download, "_kaggle_client", lambda credentials: api)
+    monkeypatch.setattr(kaggle_source, "_kaggle_client", lambda credentials: api)
 
 
 def http_error(status: int) -> requests.HTTPError:
@@ -153,6 +158,25 @@ def stalled_server() -> str:
     """
     with socket.create_server(("127.0.0.1", 0), backlog=16) as server:
         yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+# Public names
+
+
+@pytest.mark.parametrize(
+    "name, module",
+    [
+        ("DownloadError", download_errors),
+        ("CredentialsError", download_errors),
+        ("UnsafeArchiveError", download_errors),
+        ("SourceNotFoundError", download_errors),
+        ("extract_zip", archives),
+        ("find_kaggle_credentials", kaggle_credentials),
+    ],
+)
+def test_download_reexports_name(name, module):
+    assert getattr(download, name) is getattr(module, name)
+    assert name in download.__all__
 
 
 # Local sources
@@ -388,8 +412,24 @@ def test_copy_failure_keeps_existing_output(dataset_dir, out_dir, existing_raw, 
     assert os.listdir(out_dir.parent) == ["raw"]
 
 
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_keyboard_interrupt_keeps_existing_output(dataset_dir, dataset_zip, out_dir, existing_raw, monkeypatch, kind):
+    source = dataset_dir if kind == "folder" else dataset_zip
+
+    def interrupt(source, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(download, "_copy_and_hash", interrupt)
+
+    with pytest.raises(KeyboardInterrupt):
+        download_dataset(str(source), KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert folder_listing(out_dir) == ["earlier-run.txt"]
+    assert os.listdir(out_dir.parent) == ["raw"]
+
+
 def test_stale_temporary_folders_removed(dataset_dir, out_dir, caplog):
-    caplog.set_level(logging.INFO, logger="chestct.download")
+    caplog.set_level(logging.INFO, logger="chestct.staging")
     stale = ["raw.extract-k6nspdce", "raw.kaggle-wk2gwplf", "raw.partial-a_b0c1d2", "raw.old-12345678"]
     kept_folders = ["raw.partial-short", "raw.notes", "other.extract-abcdefgh", "raw.extract-abcdefgh.bak"]
     out_dir.parent.mkdir(parents=True)
@@ -515,7 +555,7 @@ def test_absolute_entry_keeps_leading_slash(dataset_zip, tmp_path):
 def test_extraction_guard_behind_name_checks(dataset_zip, tmp_path, monkeypatch, entry_name):
     entry_name = entry_name.format(tmp_path=tmp_path)
     archive_path = zip_with_extra_entry(dataset_zip, tmp_path / "unsafe.zip", zipfile.ZipInfo(entry_name), b"evil")
-    monkeypatch.setattr(download, "_check_member", lambda member, archive_path: None)
+    monkeypatch.setattr(archives, "_check_member", lambda member, archive_path: None)
 
     with pytest.raises(UnsafeArchiveError, match="leads outside"):
         extract_zip(archive_path, tmp_path / "extracted" / "inner")
@@ -549,7 +589,7 @@ def test_duplicate_entry_rejected(dataset_zip, tmp_path, out_dir):
 
 
 def test_archive_over_size_limit_rejected(dataset_zip, out_dir, monkeypatch):
-    monkeypatch.setattr(download, "MAX_ARCHIVE_BYTES", 1000)
+    monkeypatch.setattr(archives, "MAX_ARCHIVE_BYTES", 1000)
 
     with pytest.raises(UnsafeArchiveError, match="more than the limit of 1000 bytes"):
         download_dataset(str(dataset_zip), KAGGLE_DATASET, out_dir=out_dir, progress=False)
@@ -558,7 +598,7 @@ def test_archive_over_size_limit_rejected(dataset_zip, out_dir, monkeypatch):
 
 
 def test_archive_over_entry_limit_rejected(dataset_zip, out_dir, monkeypatch):
-    monkeypatch.setattr(download, "MAX_ARCHIVE_ENTRIES", 10)
+    monkeypatch.setattr(archives, "MAX_ARCHIVE_ENTRIES", 10)
 
     with pytest.raises(UnsafeArchiveError, match="more than the limit of 10"):
         download_dataset(str(dataset_zip), KAGGLE_DATASET, out_dir=out_dir, progress=False)
@@ -661,7 +701,7 @@ def write_credentials(home: Path, monkeypatch, setup: dict) -> None:
 def test_missing_credentials_raise_before_import(kaggle_home, out_dir, monkeypatch):
     # A None entry in sys.modules makes any `import kaggle` raise ImportError.
     monkeypatch.setitem(sys.modules, "kaggle", None)
-    monkeypatch.setattr(download, "_kaggle_client", lambda credentials: pytest.fail("client created"))
+    monkeypatch.setattr(kaggle_source, "_kaggle_client", lambda credentials: pytest.fail("client created"))
 
     with pytest.raises(CredentialsError) as raised:
         download_dataset("kaggle", KAGGLE_DATASET, out_dir=out_dir, progress=False)
@@ -771,6 +811,16 @@ def test_kaggle_unreachable(kaggle_home, out_dir, monkeypatch):
     assert os.listdir(out_dir.parent) == []
 
 
+def test_kaggle_interrupt_removes_download_folder(kaggle_home, out_dir, monkeypatch):
+    monkeypatch.setenv("KAGGLE_API_TOKEN", SECRET)
+    use_kaggle_client(monkeypatch, StandInKaggleApi(error=KeyboardInterrupt()))
+
+    with pytest.raises(KeyboardInterrupt):
+        download_dataset("kaggle", KAGGLE_DATASET, out_dir=out_dir, progress=False)
+
+    assert os.listdir(out_dir.parent) == []
+
+
 class StalledKaggleApi:
     """Replaces ``kaggle.api``: its download sends a request to a server that never responds."""
 
@@ -788,7 +838,7 @@ class StalledKaggleApi:
 @pytest.mark.parametrize("client_timeout", [None, 300])
 def test_kaggle_stall_times_out(kaggle_home, out_dir, monkeypatch, stalled_server, client_timeout):
     monkeypatch.setenv("KAGGLE_API_TOKEN", SECRET)
-    monkeypatch.setattr(download, "KAGGLE_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(kaggle_source, "KAGGLE_TIMEOUT_SECONDS", 0.5)
     use_kaggle_client(monkeypatch, StalledKaggleApi(stalled_server, client_timeout))
     original_send = requests.adapters.HTTPAdapter.send
     start = time.monotonic()
@@ -808,7 +858,7 @@ def test_kaggle_stall_times_out(kaggle_home, out_dir, monkeypatch, stalled_serve
     [(None, 0.5), (300, 0.5), (0.1, 0.1), ((None, 300), (0.5, 0.5)), ((0.1, None), (0.1, 0.5))],
 )
 def test_limited_timeout(timeout, expected):
-    assert download._limited_timeout(timeout, 0.5) == expected
+    assert kaggle_source._limited_timeout(timeout, 0.5) == expected
 
 
 # Runs download_dataset with the real kaggle client in a child process, so that importing the
@@ -829,9 +879,9 @@ def lookup_local_only(host, *args, **kwargs):
 
 socket.getaddrinfo = lookup_local_only
 
-from chestct import download
+from chestct import download, kaggle_source
 
-download.KAGGLE_TIMEOUT_SECONDS = 1
+kaggle_source.KAGGLE_TIMEOUT_SECONDS = 1
 try:
     download.download_dataset("kaggle", sys.argv[1], out_dir=sys.argv[2], progress=False)
 except download.DownloadError as exc:
@@ -898,7 +948,7 @@ def test_kaggle_client_authenticated(monkeypatch):
     module.api = types.SimpleNamespace(_authenticated=True)
     monkeypatch.setitem(sys.modules, "kaggle", module)
 
-    assert download._kaggle_client("environment variable KAGGLE_API_TOKEN") is module.api
+    assert kaggle_source._kaggle_client("environment variable KAGGLE_API_TOKEN") is module.api
 
 
 @pytest.mark.parametrize("dataset", ["", "chest-ctscan-images", "owner/slug/latest", "a/b/1/2", None, 123])
@@ -973,3 +1023,73 @@ def test_stage_logs_credentials_help_on_lines(tmp_path):
     )
     assert "  - set KAGGLE_USERNAME and KAGGLE_KEY to the legacy username and key" in lines
     assert "Traceback" not in result.stderr
+
+
+# Runs the stage script in a child process. Its download writes to a test folder in place of
+# data/raw of the repository, and pauses after copying its first image so that the test can
+# send SIGINT while the temporary folders exist.
+INTERRUPTED_STAGE = """
+import runpy
+import signal
+import sys
+import time
+
+from chestct import download
+
+# A shell without job control starts background commands with SIGINT ignored, and Python then
+# raises no KeyboardInterrupt. Ctrl-C in a terminal reaches a process with the default handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+original_download = download.download_dataset
+original_copy = download._copy_and_hash
+
+
+def download_to_test_folder(source, kaggle_dataset):
+    return original_download(source, kaggle_dataset, out_dir=sys.argv[2], progress=False)
+
+
+def copy_then_pause(source, target):
+    result = original_copy(source, target)
+    print("copied", flush=True)
+    time.sleep(60)
+    return result
+
+
+download.download_dataset = download_to_test_folder
+download._copy_and_hash = copy_then_pause
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+def test_stage_sigint_exits_130(dataset_dir, tmp_path, out_dir):
+    (tmp_path / "params.yaml").write_text(
+        f"data:\n  source: {dataset_dir}\n  kaggle_dataset: {KAGGLE_DATASET}\n", encoding="utf-8"
+    )
+    out_dir.parent.mkdir(parents=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", INTERRUPTED_STAGE, str(REPO_ROOT / "stages" / "download.py"), str(out_dir)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline() == "copied\n", child.stderr.read()
+        assert os.listdir(out_dir.parent), "no temporary folder while the download runs"
+        child.send_signal(signal.SIGINT)
+        child.wait(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    stderr = child.stderr.read()
+    child.stdout.close()
+    child.stderr.close()
+    interrupt_lines = [line for line in stderr.splitlines() if "SIGINT" in line]
+
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert len(interrupt_lines) == 1, stderr
+    assert interrupt_lines[0].endswith("ERROR stages.download: Download stopped by SIGINT (Ctrl-C)")
+    assert stderr.splitlines()[-1] == interrupt_lines[0]
+    assert os.listdir(out_dir.parent) == []
