@@ -1,9 +1,7 @@
 """chestct: a DVC pipeline that trains and serves a chest CT cancer classifier.
 
-The package is split by concept: ``layout`` (dataset folders and manifest), ``imaging``
-(decoding any image file to grayscale), ``download``, ``audit``, ``preprocessing``, ``arrays``
-(cached splits), ``layers``, ``losses`` and ``model`` (the classifier), ``augment`` and
-``input_pipeline`` (training data), ``training``.
+The package has one module per concept; README.md lists them. Modules import downward only:
+stages and other consumers import the library, never the other way round.
 
 Importing the package stays cheap, so that the data stages never load TensorFlow. The custom
 Keras layers and loss are still registered for ``keras.models.load_model`` after a plain
