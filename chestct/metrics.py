@@ -92,7 +92,7 @@ def binary_metrics(
     Returns:
         ``auc`` (ROC AUC), ``sensitivity``, ``specificity``, ``ppv``, ``npv``, ``f1``,
         ``accuracy``, ``youden_j``, ``diagnostic_odds_ratio``, ``brier_score``, ``ece`` and
-        ``sensitivity_at_specificity_<target>`` (for example ``..._0.90``) as floats, with None
+        ``sensitivity_at_specificity_<target>`` (for example ``..._90``) as floats, with None
         for an undefined ratio. ``diagnostic_odds_ratio_haldane_corrected`` is True when a cell
         was zero and 0.5 was added to every cell. ``threshold``, and ``confusion_matrix`` with
         ``tp``, ``fp``, ``tn`` and ``fn``.
@@ -120,8 +120,13 @@ def binary_metrics(
 
 
 def sensitivity_at_specificity_key(target: float) -> str:
-    """Name the metric for a target specificity, keeping at least two decimals: ``..._0.90``."""
-    return f"sensitivity_at_specificity_{np.format_float_positional(target, min_digits=2)}"
+    """Name the metric for a target specificity in percent: ``sensitivity_at_specificity_90``.
+
+    The name has no dot (97.5 becomes ``97_5``), because ``dvc metrics show`` reads a dot in a
+    key as nesting.
+    """
+    percent = np.format_float_positional(target * 100, precision=6, trim="-")
+    return f"sensitivity_at_specificity_{percent.replace('.', '_')}"
 
 
 def sensitivity_by_group(labels, scores, threshold: float, groups) -> dict[str, dict]:

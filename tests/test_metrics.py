@@ -87,8 +87,8 @@ def test_binary_metrics_hand_ranking_metrics():
     bin_gaps = 6 * 0.25 + 4 * abs(1 - 0.375) + 2 * 0.625 + 8 * abs(1 - 0.75)
     assert metrics["ece"] == pytest.approx(bin_gaps / 20)
     # Specificity 0.90 or more needs all 8 normals below the threshold, so threshold 0.75.
-    assert metrics["sensitivity_at_specificity_0.90"] == pytest.approx(8 / 12)
-    assert metrics["sensitivity_at_specificity_0.95"] == pytest.approx(8 / 12)
+    assert metrics["sensitivity_at_specificity_90"] == pytest.approx(8 / 12)
+    assert metrics["sensitivity_at_specificity_95"] == pytest.approx(8 / 12)
 
 
 def test_dor_zero_cell_haldane_correction():
@@ -216,8 +216,8 @@ def test_sensitivity_at_specificity_all_normal_point():
 
 
 def test_sensitivity_at_specificity_key_format():
-    assert sensitivity_at_specificity_key(0.9) == "sensitivity_at_specificity_0.90"
-    assert sensitivity_at_specificity_key(0.975) == "sensitivity_at_specificity_0.975"
+    assert sensitivity_at_specificity_key(0.9) == "sensitivity_at_specificity_90"
+    assert sensitivity_at_specificity_key(0.975) == "sensitivity_at_specificity_97_5"
 
 
 def test_sensitivity_by_group_counts():
