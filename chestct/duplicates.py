@@ -284,3 +284,17 @@ def summarise_conflicts(files: pd.DataFrame) -> dict[str, Any]:
         subtypes = grouped["subtype"].nunique() > 1
         metrics[kind] = {"groups": int((labels | subtypes).sum()), "label": int(labels.sum())}
     return metrics
+
+
+def without_earlier_split_duplicates(paths: list[str], audit_files: pd.DataFrame) -> np.ndarray:
+    """Return a mask that keeps the files with no byte-identical copy in an earlier split.
+
+    Args:
+        paths: file paths relative to ``data/raw``, as in the preprocessed split index.
+        audit_files: the audit stage's file table (``read_audit_files``).
+
+    Returns:
+        ``(len(paths),) bool``, False for files that ``duplicate_of_earlier_split`` marks.
+    """
+    copies = set(audit_files.loc[audit_files["duplicate_of_earlier_split"], "path"])
+    return np.array([path not in copies for path in paths], dtype=bool)

@@ -37,3 +37,8 @@ MODEL_KERAS = MODELS_DIR / "model.keras"
 
 TRAIN_LIVE_DIR = Path("dvclive/train")
 FINETUNE_LIVE_DIR = Path("dvclive/finetune")
+
+THRESHOLD_FILE = MODELS_DIR / "threshold.json"
+PREDICTIONS_FILE = Path("data/evaluate/predictions.csv")
+EVALUATE_METRICS = Path("metrics/evaluate.json")
+EVALUATE_LIVE_DIR = Path("dvclive/evaluate")

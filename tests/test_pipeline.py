@@ -49,7 +49,7 @@ def pipeline(tmp_path_factory):
 def test_repro_runs_every_stage(pipeline):
     _, first = pipeline
 
-    assert stages_run(first) == ["download", "audit", "preprocess", "train", "finetune"]
+    assert stages_run(first) == ["download", "audit", "preprocess", "train", "finetune", "evaluate"]
 
 
 def test_data_metrics_count_images(pipeline):
@@ -89,6 +89,28 @@ def test_training_writes_models(pipeline):
         assert (repo.root / "models" / name).stat().st_size > 0
 
 
+def test_evaluate_scores_every_image(pipeline):
+    repo, _ = pipeline
+
+    metrics = json.loads((repo.root / "metrics/evaluate.json").read_text())
+    predictions = (repo.root / "data/evaluate/predictions.csv").read_text().splitlines()
+
+    assert metrics["test"]["n_samples"] == 4 * PER_CLASS + 1
+    assert metrics["valid"]["n_samples"] == 4 * PER_CLASS + 1
+    assert metrics["test_without_cross_split_duplicates"]["removed"] == 1
+    assert len(predictions) == 1 + 2 * (4 * PER_CLASS + 1)
+
+
+def test_threshold_names_its_model(pipeline):
+    repo, _ = pipeline
+
+    threshold = json.loads((repo.root / "models/threshold.json").read_text())
+
+    assert threshold["chosen_on"] == "valid"
+    assert threshold["model_sha256"] == digest(repo.root / "models/model.weights.h5")
+    assert 0 <= threshold["threshold"] <= 1
+
+
 def test_second_repro_runs_nothing(pipeline):
     repo, _ = pipeline
 
@@ -110,7 +132,7 @@ def test_metrics_show_lists_stage_metrics(pipeline):
 
     shown = repo.run("dvc", "metrics", "show").stdout
 
-    for path in ("metrics/data.json", "dvclive/train/metrics.json", "dvclive/finetune/metrics.json"):
+    for path in ("metrics/data.json", "dvclive/train/metrics.json", "metrics/evaluate.json"):
         assert path in shown
 
 
@@ -136,7 +158,25 @@ def test_finetune_param_reruns_only_finetune(pipeline):
 
     experiment = repo.run("dvc", "exp", "run", "-S", "finetune.learning_rate=0.001")
 
-    assert stages_run(experiment) == ["finetune"]
+    assert stages_run(experiment) == ["finetune", "evaluate"]
+
+
+def test_evaluate_param_reruns_only_evaluate(pipeline):
+    repo, _ = pipeline
+
+    experiment = repo.run("dvc", "exp", "run", "-S", "evaluate.threshold_method=target_sensitivity")
+    threshold = json.loads((repo.root / "models/threshold.json").read_text())
+
+    assert stages_run(experiment) == ["evaluate"]
+    assert threshold["method"] == "target_sensitivity"
+
+
+def test_metrics_diff_shows_changed_threshold(pipeline):
+    repo, _ = pipeline
+
+    diff = repo.run("dvc", "metrics", "diff").stdout
+
+    assert "threshold.threshold" in diff or "threshold.method" in diff
 
 
 def test_drop_duplicates_reruns_from_preprocess(pipeline):
@@ -145,6 +185,6 @@ def test_drop_duplicates_reruns_from_preprocess(pipeline):
     experiment = repo.run("dvc", "exp", "run", "-S", "data.drop_cross_split_duplicates=true")
     counts = json.loads((repo.root / "metrics/preprocess.json").read_text())["splits"]
 
-    assert stages_run(experiment) == ["preprocess", "train", "finetune"]
+    assert stages_run(experiment) == ["preprocess", "train", "finetune", "evaluate"]
     assert counts["valid"]["dropped_cross_split_duplicates"] == 1
     assert counts["test"]["dropped_cross_split_duplicates"] == 1

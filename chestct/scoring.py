@@ -1,0 +1,50 @@
+"""Scoring preprocessed images with the trained model."""
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from chestct.model import ModelConfig, build_model
+
+
+def load_trained_model(config: ModelConfig, weights_path: Path) -> keras.Model:
+    """Rebuild the classifier from its configuration and load trained weights into it.
+
+    The backbone is built without pretrained weights, because the trained weights replace
+    all of them; this also avoids a download of ImageNet weights.
+
+    Raises:
+        FileNotFoundError: if ``weights_path`` does not exist.
+    """
+    weights_path = Path(weights_path)
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path} not found; run the finetune stage first (dvc repro finetune).")
+
+    model = build_model(replace(config, weights="none"))
+    model.load_weights(weights_path)
+    return model
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Return the cancer probability of each image.
+
+    Args:
+        images: ``(N, size, size, 1) uint8`` preprocessed images.
+
+    Returns:
+        ``(N,) float64`` probabilities in [0, 1].
+    """
+    probabilities = model.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0)
+    return np.asarray(probabilities, dtype=np.float64).reshape(-1)
+
+
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
