@@ -42,3 +42,6 @@ THRESHOLD_FILE = MODELS_DIR / "threshold.json"
 PREDICTIONS_FILE = Path("data/evaluate/predictions.csv")
 EVALUATE_METRICS = Path("metrics/evaluate.json")
 EVALUATE_LIVE_DIR = Path("dvclive/evaluate")
+
+EXPORT_DIR = MODELS_DIR / "export"
+EXPORT_METRICS = Path("metrics/export.json")

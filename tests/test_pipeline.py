@@ -26,6 +26,9 @@ TINY_MODEL = {
     "finetune.epochs": 2,
     "finetune.batch_size": 8,
     "finetune.epoch_factor": 1.0,
+    # A model this small and this briefly trained reacts strongly to weight quantisation; the
+    # tolerances themselves are tested in test_export.py.
+    "export.quantised_tolerance": 1.0,
 }
 
 
@@ -49,7 +52,7 @@ def pipeline(tmp_path_factory):
 def test_repro_runs_every_stage(pipeline):
     _, first = pipeline
 
-    assert stages_run(first) == ["download", "audit", "preprocess", "train", "finetune", "evaluate"]
+    assert stages_run(first) == ["download", "audit", "preprocess", "train", "finetune", "evaluate", "export"]
 
 
 def test_data_metrics_count_images(pipeline):
@@ -111,6 +114,24 @@ def test_threshold_names_its_model(pipeline):
     assert 0 <= threshold["threshold"] <= 1
 
 
+def test_export_writes_every_format(pipeline):
+    repo, _ = pipeline
+
+    formats = json.loads((repo.root / "metrics/export.json").read_text())["formats"]
+
+    assert set(formats) == {
+        "keras",
+        "h5",
+        "saved_model",
+        "tflite_float32",
+        "tflite_dynamic_range",
+        "tflite_float16",
+        "onnx",
+    }
+    assert formats["tflite_float32"]["max_abs_difference"] < 1e-4
+    assert (repo.root / "models/export/MODEL_CARD.md").read_text().startswith("# Model card")
+
+
 def test_second_repro_runs_nothing(pipeline):
     repo, _ = pipeline
 
@@ -158,7 +179,7 @@ def test_finetune_param_reruns_only_finetune(pipeline):
 
     experiment = repo.run("dvc", "exp", "run", "-S", "finetune.learning_rate=0.001")
 
-    assert stages_run(experiment) == ["finetune", "evaluate"]
+    assert stages_run(experiment) == ["finetune", "evaluate", "export"]
 
 
 def test_evaluate_param_reruns_only_evaluate(pipeline):
@@ -167,7 +188,7 @@ def test_evaluate_param_reruns_only_evaluate(pipeline):
     experiment = repo.run("dvc", "exp", "run", "-S", "evaluate.threshold_method=target_sensitivity")
     threshold = json.loads((repo.root / "models/threshold.json").read_text())
 
-    assert stages_run(experiment) == ["evaluate"]
+    assert stages_run(experiment) == ["evaluate", "export"]
     assert threshold["method"] == "target_sensitivity"
 
 
@@ -185,6 +206,6 @@ def test_drop_duplicates_reruns_from_preprocess(pipeline):
     experiment = repo.run("dvc", "exp", "run", "-S", "data.drop_cross_split_duplicates=true")
     counts = json.loads((repo.root / "metrics/preprocess.json").read_text())["splits"]
 
-    assert stages_run(experiment) == ["preprocess", "train", "finetune", "evaluate"]
+    assert stages_run(experiment) == ["preprocess", "train", "finetune", "evaluate", "export"]
     assert counts["valid"]["dropped_cross_split_duplicates"] == 1
     assert counts["test"]["dropped_cross_split_duplicates"] == 1

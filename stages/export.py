@@ -1,0 +1,71 @@
+"""Export stage: write the fine-tuned model in every serving format and check each one."""
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from chestct import paths
+from chestct.arrays import load_split
+from chestct.export import check_tolerances, compare_exports, export_all
+from chestct.model import ModelConfig
+from chestct.model_card import render_model_card
+from chestct.params import load_params
+from chestct.report import write_json
+from chestct.runtimes import load_runners
+from chestct.scoring import file_sha256, load_trained_model, predict_probabilities
+
+logger = logging.getLogger("stages.export")
+
+ARCHITECTURE_PARAMS = tuple(
+    f"model.{name}"
+    for name in ("backbone", "alpha", "attention", "attention_ratio", "spatial_kernel", "dense_units", "dropout", "l2")
+)
+PARAMS = (
+    "data.source",
+    "preprocess.image_size",
+    *ARCHITECTURE_PARAMS,
+    "export.float_tolerance",
+    "export.quantised_tolerance",
+)
+
+
+def main() -> None:
+    params = load_params(paths.PARAMS_FILE, PARAMS)
+    config = ModelConfig.from_params({**params["model"], "weights": "none"}, params["preprocess"]["image_size"])
+    threshold = json.loads(paths.THRESHOLD_FILE.read_text(encoding="utf-8"))
+    evaluation = json.loads(paths.EVALUATE_METRICS.read_text(encoding="utf-8"))
+
+    model = load_trained_model(config, paths.MODEL_WEIGHTS)
+    if file_sha256(paths.MODEL_WEIGHTS) != threshold["model_sha256"]:
+        raise ValueError(f"{paths.THRESHOLD_FILE} belongs to other weights; run dvc repro evaluate first.")
+    exported = export_all(model, paths.EXPORT_DIR)
+
+    test = load_split(paths.images_file("test"), paths.index_file("test"))
+    reference = predict_probabilities(model, test.images)
+    comparison = compare_exports(reference, load_runners(exported), test.images, threshold["threshold"])
+    for name, result in comparison.items():
+        result["bytes"] = _size(exported[name])
+    write_json(paths.EXPORT_METRICS, {"test_images": len(test.labels), "formats": comparison})
+    check_tolerances(comparison, params["export"]["float_tolerance"], params["export"]["quantised_tolerance"])
+
+    data = {"source": str(params["data"]["source"]), "manifest_sha256": file_sha256(paths.RAW_MANIFEST)}
+    card = render_model_card(params, threshold, evaluation, data)
+    (paths.EXPORT_DIR / "MODEL_CARD.md").write_text(card, encoding="utf-8")
+    logger.info("Wrote %d formats and the model card to %s", len(exported), paths.EXPORT_DIR)
+
+
+def _size(path: Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return path.stat().st_size
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        main()
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        logger.error("%s", error)
+        sys.exit(1)
