@@ -94,3 +94,38 @@ def round_for_json(value, decimals: int = REPORT_DECIMALS):
         # Adding 0.0 turns a rounded -0.0 into 0.0.
         return round(float(value), decimals) + 0.0
     return value
+
+
+THRESHOLD_METHODS = ("youden", "target_sensitivity")
+
+
+def check_evaluate_settings(settings: dict) -> None:
+    """Validate the ``evaluate`` section of ``params.yaml`` before any model is loaded.
+
+    ``target_sensitivity`` is checked whatever the method, so that an invalid value never
+    sits unnoticed in an experiment's parameters.
+
+    Raises:
+        ValueError: naming the first invalid key and its value.
+    """
+    method = settings["threshold_method"]
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"evaluate.threshold_method must be one of {', '.join(THRESHOLD_METHODS)}, got {method!r}.")
+
+    checks = {
+        "target_sensitivity": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
+        "confidence": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+        "bootstrap_resamples": (lambda v: _is_integer(v) and v >= 1, "an integer of at least 1"),
+        "calibration_bins": (lambda v: _is_integer(v) and v >= 1, "an integer of at least 1"),
+    }
+    for key, (is_valid, expected) in checks.items():
+        if not is_valid(settings[key]):
+            raise ValueError(f"evaluate.{key} must be {expected}, got {settings[key]!r}.")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -9,11 +9,11 @@ This is a research model, not a medical device. It has not been validated for cl
 must not be used to diagnose, treat or triage patients.
 
 - It classifies single axial chest CT slices, exported as images, as normal or cancer. It was
-  trained on about 600 slices from one public dataset; performance on other scanners,
-  protocols, patients or image sources is unknown.
-- In that dataset normal and cancer images come from different sources, and many normal test
-  images are byte-identical copies of training images. The figures without those copies, below,
-  are the more honest estimate, and they rest on very few normal images.
+  trained on a few hundred slices from one public dataset (counts in `metrics/data.json`).
+  Performance on other scanners, protocols, patients or image sources is unknown.
+- In the Kaggle dataset normal and cancer images come from different sources, and many normal
+  test images are byte-identical copies of training images. The figures without those copies,
+  above, are the more honest estimate, and they rest on very few normal images.
 - Confidence intervals come from a stratified bootstrap of the test split; they describe
   sampling noise in this test split only.
 """

@@ -72,16 +72,26 @@ class Runner:
         self.path = path
         self.runtime = runtime
         self.batch_size = batch_size
+        # Side of the square input the model was exported for; subclasses read it from the file.
+        self.image_size: int | None = None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Predict ``(N,)`` float32 cancer probabilities for ``(N, S, S, 1)`` images in [0, 255].
 
         Raises:
-            ValueError: if ``images`` is not a 4-D array with one channel.
+            ValueError: if ``images`` is not a 4-D array with one channel, or its size is not
+                the model's input size.
         """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim != 4 or images.shape[-1] != 1:
             raise ValueError(f"images must have shape (N, S, S, 1), got {images.shape}.")
+        # Some runtimes (TFLite, SavedModel) would otherwise accept another size and return
+        # plausible but meaningless probabilities.
+        if self.image_size is not None and images.shape[1:3] != (self.image_size, self.image_size):
+            raise ValueError(
+                f"{self.path} expects {self.image_size}x{self.image_size} images, got "
+                f"{images.shape[1]}x{images.shape[2]}; preprocess with the same image_size as in training."
+            )
 
         batches = [
             np.asarray(self._predict_batch(images[start : start + self.batch_size]), dtype=np.float32).ravel()
@@ -106,6 +116,7 @@ class KerasRunner(Runner):
         # The chestct package registers its custom layers when Keras is imported. compile=False
         # skips restoring the loss and optimizer, which inference does not use.
         self.model = keras.models.load_model(path, compile=False)
+        self.image_size = _known_size(self.model.input_shape[1])
 
     def _predict_batch(self, batch):
         return self.model.predict_on_batch(batch)
@@ -125,6 +136,7 @@ class SavedModelRunner(Runner):
         self.signature = self.loaded.signatures["serving_default"]
         self.input_name = _single_name(path, "input", list(self.signature.structured_input_signature[1]))
         self.output_name = _single_name(path, "output", list(self.signature.structured_outputs))
+        self.image_size = _known_size(self.signature.structured_input_signature[1][self.input_name].shape[1])
 
     def _predict_batch(self, batch):
         outputs = self.signature(**{self.input_name: self._tf.constant(batch)})
@@ -155,6 +167,7 @@ class TFLiteRunner(Runner):
                     "this runner supports float32 input and output only."
                 )
         self._allocated_batch = None
+        self.image_size = _known_size(self.input_detail["shape_signature"][1])
 
     def _predict_batch(self, batch):
         # A model converted with an unknown batch size still allocates for batch 1, so each new
@@ -178,6 +191,7 @@ class ONNXRunner(Runner):
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input_name = _single_name(path, "input", [node.name for node in self.session.get_inputs()])
         _single_name(path, "output", [node.name for node in self.session.get_outputs()])
+        self.image_size = _known_size(self.session.get_inputs()[0].shape[1])
 
     def _predict_batch(self, batch):
         return self.session.run(None, {self.input_name: batch})[0]
@@ -225,6 +239,11 @@ def load_runner(path: str | Path, format: str | None = None, batch_size: int = D
 def load_runners(paths: dict[str, str | Path], batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Runner]:
     """Load one runner per export format, as ``export_all`` returns the paths."""
     return {format: load_runner(path, format, batch_size) for format, path in paths.items()}
+
+
+def _known_size(dimension) -> int | None:
+    # Unknown dimensions appear as None, -1 or a symbolic name, depending on the runtime.
+    return int(dimension) if isinstance(dimension, (int, np.integer)) and dimension > 0 else None
 
 
 def _single_name(path: Path, role: str, names: list[str]) -> str:

@@ -11,7 +11,7 @@ from chestct import paths
 from chestct.arrays import load_split
 from chestct.audit import read_audit_files
 from chestct.duplicates import without_earlier_split_duplicates
-from chestct.evaluation import evaluate_split
+from chestct.evaluation import check_evaluate_settings, evaluate_split
 from chestct.model import ModelConfig
 from chestct.params import load_params
 from chestct.report import log_test_plots, write_json, write_predictions
@@ -39,6 +39,7 @@ PARAMS = (
 def main() -> None:
     params = load_params(paths.PARAMS_FILE, PARAMS)
     settings = params["evaluate"]
+    check_evaluate_settings(settings)
     config = ModelConfig.from_params({**params["model"], "weights": "none"}, params["preprocess"]["image_size"])
 
     model = load_trained_model(config, paths.MODEL_WEIGHTS)

@@ -3,7 +3,6 @@
 import json
 import logging
 import sys
-from pathlib import Path
 
 from chestct import paths
 from chestct.arrays import load_split
@@ -32,6 +31,9 @@ PARAMS = (
 
 def main() -> None:
     params = load_params(paths.PARAMS_FILE, PARAMS)
+    tolerances = (params["export"]["float_tolerance"], params["export"]["quantised_tolerance"])
+    # Checks the tolerance values themselves before any export work starts.
+    check_tolerances({}, *tolerances)
     config = ModelConfig.from_params({**params["model"], "weights": "none"}, params["preprocess"]["image_size"])
     threshold = json.loads(paths.THRESHOLD_FILE.read_text(encoding="utf-8"))
     evaluation = json.loads(paths.EVALUATE_METRICS.read_text(encoding="utf-8"))
@@ -44,22 +46,13 @@ def main() -> None:
     test = load_split(paths.images_file("test"), paths.index_file("test"))
     reference = predict_probabilities(model, test.images)
     comparison = compare_exports(reference, load_runners(exported), test.images, threshold["threshold"])
-    for name, result in comparison.items():
-        result["bytes"] = _size(exported[name])
     write_json(paths.EXPORT_METRICS, {"test_images": len(test.labels), "formats": comparison})
-    check_tolerances(comparison, params["export"]["float_tolerance"], params["export"]["quantised_tolerance"])
+    check_tolerances(comparison, *tolerances)
 
     data = {"source": str(params["data"]["source"]), "manifest_sha256": file_sha256(paths.RAW_MANIFEST)}
     card = render_model_card(params, threshold, evaluation, data)
     (paths.EXPORT_DIR / "MODEL_CARD.md").write_text(card, encoding="utf-8")
     logger.info("Wrote %d formats and the model card to %s", len(exported), paths.EXPORT_DIR)
-
-
-def _size(path: Path) -> int:
-    path = Path(path)
-    if path.is_dir():
-        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
-    return path.stat().st_size
 
 
 if __name__ == "__main__":

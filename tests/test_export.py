@@ -132,6 +132,17 @@ def test_export_all_writes_every_format(chestct_export):
             assert path.stat().st_size > 0, format
 
 
+@pytest.mark.parametrize("format", ["keras", "h5", "saved_model", "tflite_float32", "onnx"])
+def test_runner_rejects_other_image_size(chestct_export, format):
+    paths, images, _ = chestct_export
+    runner = load_runner(paths[format], format)
+    size = images.shape[1]
+    other = np.zeros((2, size + 8, size + 8, 1), dtype=np.float32)
+
+    with pytest.raises(ValueError, match=f"expects {size}x{size} images"):
+        runner.predict(other)
+
+
 def test_onnx_export_has_unknown_batch(chestct_export):
     paths, _, _ = chestct_export
     onnx_model = onnx.load(paths["onnx"])
