@@ -9,6 +9,29 @@ import numpy as np
 
 from chestct.model import ModelConfig, build_model
 
+# Parameters that fix the classifier's architecture, and so the shape of its weights file.
+ARCHITECTURE_PARAMS = (
+    "preprocess.image_size",
+    *(
+        f"model.{name}"
+        for name in (
+            "backbone",
+            "alpha",
+            "attention",
+            "attention_ratio",
+            "spatial_kernel",
+            "dense_units",
+            "dropout",
+            "l2",
+        )
+    ),
+)
+
+
+def architecture_from_params(params: dict) -> ModelConfig:
+    """Build the model configuration from parameters loaded with ``ARCHITECTURE_PARAMS``."""
+    return ModelConfig.from_params({**params["model"], "weights": "none"}, params["preprocess"]["image_size"])
+
 
 def load_trained_model(config: ModelConfig, weights_path: Path) -> keras.Model:
     """Rebuild the classifier from its configuration and load trained weights into it.

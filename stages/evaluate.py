@@ -12,21 +12,21 @@ from chestct.arrays import load_split
 from chestct.audit import read_audit_files
 from chestct.duplicates import without_earlier_split_duplicates
 from chestct.evaluation import check_evaluate_settings, evaluate_split
-from chestct.model import ModelConfig
 from chestct.params import load_params
 from chestct.report import log_test_plots, write_json, write_predictions
-from chestct.scoring import file_sha256, load_trained_model, predict_probabilities
+from chestct.scoring import (
+    ARCHITECTURE_PARAMS,
+    architecture_from_params,
+    file_sha256,
+    load_trained_model,
+    predict_probabilities,
+)
 from chestct.thresholds import choose_threshold
 
 logger = logging.getLogger("stages.evaluate")
 
-ARCHITECTURE_PARAMS = tuple(
-    f"model.{name}"
-    for name in ("backbone", "alpha", "attention", "attention_ratio", "spatial_kernel", "dense_units", "dropout", "l2")
-)
 PARAMS = (
     "seed",
-    "preprocess.image_size",
     *ARCHITECTURE_PARAMS,
     "evaluate.threshold_method",
     "evaluate.target_sensitivity",
@@ -40,7 +40,7 @@ def main() -> None:
     params = load_params(paths.PARAMS_FILE, PARAMS)
     settings = params["evaluate"]
     check_evaluate_settings(settings)
-    config = ModelConfig.from_params({**params["model"], "weights": "none"}, params["preprocess"]["image_size"])
+    config = architecture_from_params(params)
 
     model = load_trained_model(config, paths.MODEL_WEIGHTS)
     splits = {name: load_split(paths.images_file(name), paths.index_file(name)) for name in ("valid", "test")}

@@ -7,22 +7,22 @@ import sys
 from chestct import paths
 from chestct.arrays import load_split
 from chestct.export import check_tolerances, compare_exports, export_all
-from chestct.model import ModelConfig
 from chestct.model_card import render_model_card
 from chestct.params import load_params
 from chestct.report import write_json
 from chestct.runtimes import load_runners
-from chestct.scoring import file_sha256, load_trained_model, predict_probabilities
+from chestct.scoring import (
+    ARCHITECTURE_PARAMS,
+    architecture_from_params,
+    file_sha256,
+    load_trained_model,
+    predict_probabilities,
+)
 
 logger = logging.getLogger("stages.export")
 
-ARCHITECTURE_PARAMS = tuple(
-    f"model.{name}"
-    for name in ("backbone", "alpha", "attention", "attention_ratio", "spatial_kernel", "dense_units", "dropout", "l2")
-)
 PARAMS = (
     "data.source",
-    "preprocess.image_size",
     *ARCHITECTURE_PARAMS,
     "export.float_tolerance",
     "export.quantised_tolerance",
@@ -34,7 +34,7 @@ def main() -> None:
     tolerances = (params["export"]["float_tolerance"], params["export"]["quantised_tolerance"])
     # Checks the tolerance values themselves before any export work starts.
     check_tolerances({}, *tolerances)
-    config = ModelConfig.from_params({**params["model"], "weights": "none"}, params["preprocess"]["image_size"])
+    config = architecture_from_params(params)
     threshold = json.loads(paths.THRESHOLD_FILE.read_text(encoding="utf-8"))
     evaluation = json.loads(paths.EVALUATE_METRICS.read_text(encoding="utf-8"))
 
