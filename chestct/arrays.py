@@ -136,7 +136,7 @@ def load_split(images_path: Path, index_path: Path, mmap: bool = True) -> Split:
         rows = list(csv.DictReader(stream))
 
     if images.ndim != 4 or images.shape[-1] != 1 or images.dtype != np.uint8:
-        raise ValueError(f"{images_path} holds {images.dtype} {images.shape}, expected uint8 (N, size, size, 1).")
+        raise ValueError(f"{images_path} contains {images.dtype} {images.shape}, expected uint8 (N, size, size, 1).")
     if len(rows) != len(images):
         raise ValueError(f"{images_path} has {len(images)} images but {index_path} has {len(rows)} rows.")
 

@@ -2,7 +2,6 @@
 
 import functools
 import logging
-import sys
 
 import numpy as np
 from dvclive import Live
@@ -21,6 +20,7 @@ from chestct.scoring import (
     load_trained_model,
     predict_probabilities,
 )
+from chestct.stage_runner import run_stage
 from chestct.thresholds import choose_threshold
 
 logger = logging.getLogger("stages.evaluate")
@@ -96,9 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_stage(main, logger)

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import sys
 
 from chestct import paths
 from chestct.arrays import load_split
@@ -18,6 +17,7 @@ from chestct.scoring import (
     load_trained_model,
     predict_probabilities,
 )
+from chestct.stage_runner import run_stage
 
 logger = logging.getLogger("stages.export")
 
@@ -56,9 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_stage(main, logger)

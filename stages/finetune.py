@@ -1,11 +1,11 @@
 """Finetune stage (phase 2): unfreeze the upper part of the backbone and train on."""
 
 import logging
-import sys
 
 from chestct import paths
 from chestct.model import build_model, unfreeze_top
 from chestct.params import load_params
+from chestct.stage_runner import run_stage
 from chestct.training import (
     COMMON_PARAMS,
     fit_phase,
@@ -45,9 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_stage(main, logger)

@@ -2,14 +2,13 @@
 
 import json
 import logging
-import sys
 
 from chestct import paths
 from chestct.arrays import select_sources, write_split
 from chestct.audit import read_audit_files
-from chestct.imaging import ImageDecodeError
 from chestct.params import load_params
 from chestct.preprocessing import PreprocessConfig
+from chestct.stage_runner import run_stage
 
 logger = logging.getLogger("stages.preprocess")
 
@@ -53,9 +52,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (ImageDecodeError, FileNotFoundError, KeyError, ValueError) as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_stage(main, logger)

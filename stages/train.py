@@ -1,11 +1,11 @@
 """Train stage (phase 1): train the attention and head on a frozen backbone."""
 
 import logging
-import sys
 
 from chestct import paths
 from chestct.model import build_model, freeze_backbone
 from chestct.params import load_params
+from chestct.stage_runner import run_stage
 from chestct.training import (
     COMMON_PARAMS,
     fit_phase,
@@ -39,9 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        main()
-    except (FileNotFoundError, KeyError, ValueError) as error:
-        logger.error("%s", error)
-        sys.exit(1)
+    run_stage(main, logger)
