@@ -6,8 +6,8 @@ For one model configuration, prints in one run:
 - training steps per second fed by that pipeline;
 - training steps per second of the same model fed one in-memory batch of the same shapes,
   repeated, which costs next to nothing to produce;
-- their ratio, the share of training speed that the real pipeline keeps (1.0: training never
-  waits for data).
+- their ratio, the share of training speed that the real pipeline keeps (1.0 means the
+  pipeline costs training no time).
 
 With ``--determinism-cost`` it also times training with and without TensorFlow's op
 determinism, each in a fresh process, because op determinism cannot be switched off again.

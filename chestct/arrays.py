@@ -59,8 +59,8 @@ def preprocess_files(
 ) -> Iterator[np.ndarray]:
     """Decode and preprocess files in parallel, yielding ``(size, size) uint8`` images in order.
 
-    With ``workers`` above 1 the files are spread over that many processes; the order of the
-    results is the order of ``sources`` whatever the number of workers.
+    With ``workers`` above 1 the files are spread over that many processes. The results come
+    in the order of ``sources`` whatever the number of workers.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"preprocess.workers must be a positive integer, got {workers!r}.")

@@ -1,8 +1,8 @@
 """The Kaggle chest CT dataset's folder layout and the manifest that describes it.
 
-The archive holds ``Data/<split>/<class folder>/<image>``. Train and valid class folders carry
-TNM staging suffixes (``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib``), test folders do not
-(``adenocarcinoma``); both name the same cancer subtype.
+The archive contains ``Data/<split>/<class folder>/<image>``. Train and valid class folders
+carry TNM staging suffixes (``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib``), but test folders
+do not (``adenocarcinoma``). Both name the same cancer subtype.
 """
 
 import csv
@@ -48,7 +48,7 @@ MANIFEST_COLUMNS = tuple(field.name for field in fields(ManifestRow))
 def parse_class_folder(name: str) -> str:
     """Map a class folder name to its subtype, one of ``SUBTYPES``.
 
-    The part before the first underscore names the class; dots, dashes and spaces in it count
+    The part before the first underscore names the class. Dots, dashes and spaces in it count
     as word separators and case is ignored, so ``large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa``
     and ``large.cell.carcinoma`` both give ``large_cell_carcinoma``.
 

@@ -1,7 +1,7 @@
 """Preprocessing of one grayscale CT image, shared by training and serving.
 
 Every consumer (the ``preprocess`` stage, the command line, the web service) calls
-``preprocess_image`` with the same ``PreprocessConfig``, so that the pixels a model sees at
+``preprocess_image`` with the same ``PreprocessConfig``, so that the pixels a model receives at
 serving time are computed exactly as in training. The steps, in order:
 
 1. crop uniform borders: rows and columns at the edges whose values span at most
@@ -102,7 +102,7 @@ def resize_square(gray: np.ndarray, size: int, keep_aspect_ratio: bool = True) -
     """Resize an image to ``size`` x ``size``.
 
     With ``keep_aspect_ratio`` the longer side becomes ``size`` and the result is centred on a
-    black square; padding after resizing rather than before keeps the resize small.
+    black square. Padding after resizing rather than before keeps the resize small.
     """
     if not keep_aspect_ratio:
         return resize(gray, size, size)

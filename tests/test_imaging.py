@@ -103,7 +103,7 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def png_header_only(width: int, height: int) -> bytes:
-    """Return a PNG that declares ``width`` x ``height`` grayscale pixels but holds no pixel data."""
+    """Return a PNG that declares ``width`` x ``height`` grayscale pixels but contains no pixel data."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     chunks = png_chunk(b"IHDR", header) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b"")
     return b"\x89PNG\r\n\x1a\n" + chunks
