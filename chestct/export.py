@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from chestct.digests import path_sha256
 from chestct.runtimes import Runner
 
 # Export format -> file or directory name inside the output directory.
@@ -127,6 +128,23 @@ def _write_tflite(
     if supported_ops:
         converter.target_spec.supported_ops = supported_ops
     path.write_bytes(converter.convert())
+
+
+def export_manifest(exported: dict[str, Path], weights_file: str, weights_sha256: str) -> dict:
+    """Describe the exports of one weights file, for consumers that must check they belong together.
+
+    Args:
+        exported: export format -> path, as ``export_all`` returns it.
+        weights_file: path of the weights the exports were made from, as ``threshold.json``
+            names it.
+        weights_sha256: SHA-256 of that weights file.
+
+    Returns:
+        ``weights_file``, ``weights_sha256`` and, per format, the export's file or directory
+        name and its SHA-256 (``chestct.digests.path_sha256``).
+    """
+    formats = {format: {"path": Path(path).name, "sha256": path_sha256(path)} for format, path in exported.items()}
+    return {"weights_file": weights_file, "weights_sha256": weights_sha256, "formats": formats}
 
 
 def _representative_dataset(images: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:

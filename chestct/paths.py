@@ -44,4 +44,6 @@ EVALUATE_METRICS = Path("metrics/evaluate.json")
 EVALUATE_LIVE_DIR = Path("dvclive/evaluate")
 
 EXPORT_DIR = MODELS_DIR / "export"
+# Links every exported file to the weights it was exported from, by SHA-256.
+EXPORT_MANIFEST = EXPORT_DIR / "manifest.json"
 EXPORT_METRICS = Path("metrics/export.json")

@@ -1,13 +1,21 @@
 """Scoring preprocessed images with the trained model."""
 
-import hashlib
 from dataclasses import replace
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from chestct.digests import file_sha256
 from chestct.model import ModelConfig, build_model
+
+__all__ = [
+    "ARCHITECTURE_PARAMS",
+    "architecture_from_params",
+    "file_sha256",
+    "load_trained_model",
+    "predict_probabilities",
+]
 
 # Parameters that fix the classifier's architecture, and so the shape of its weights file.
 ARCHITECTURE_PARAMS = (
@@ -62,12 +70,3 @@ def predict_probabilities(model: keras.Model, images: np.ndarray, batch_size: in
     """
     probabilities = model.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0)
     return np.asarray(probabilities, dtype=np.float64).reshape(-1)
-
-
-def file_sha256(path: Path) -> str:
-    """Return the SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -5,7 +5,7 @@ import logging
 
 from chestct import paths
 from chestct.arrays import load_split
-from chestct.export import check_tolerances, compare_exports, export_all
+from chestct.export import check_tolerances, compare_exports, export_all, export_manifest
 from chestct.model_card import render_model_card
 from chestct.params import load_params
 from chestct.report import write_json
@@ -39,7 +39,8 @@ def main() -> None:
     evaluation = json.loads(paths.EVALUATE_METRICS.read_text(encoding="utf-8"))
 
     model = load_trained_model(config, paths.MODEL_WEIGHTS)
-    if file_sha256(paths.MODEL_WEIGHTS) != threshold["model_sha256"]:
+    weights_sha256 = file_sha256(paths.MODEL_WEIGHTS)
+    if weights_sha256 != threshold["model_sha256"]:
         raise ValueError(f"{paths.THRESHOLD_FILE} belongs to other weights; run dvc repro evaluate first.")
     exported = export_all(model, paths.EXPORT_DIR)
 
@@ -48,6 +49,8 @@ def main() -> None:
     comparison = compare_exports(reference, load_runners(exported), test.images, threshold["threshold"])
     write_json(paths.EXPORT_METRICS, {"test_images": len(test.labels), "formats": comparison})
     check_tolerances(comparison, *tolerances)
+    # Written after the checks, so that a manifest only ever describes exports that passed them.
+    write_json(paths.EXPORT_MANIFEST, export_manifest(exported, paths.MODEL_WEIGHTS.as_posix(), weights_sha256))
 
     data = {"source": str(params["data"]["source"]), "manifest_sha256": file_sha256(paths.RAW_MANIFEST)}
     card = render_model_card(params, threshold, evaluation, data)

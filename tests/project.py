@@ -29,9 +29,10 @@ TEST_METRICS = {"auc": 0.9, "sensitivity": 0.85, "specificity": 0.8}
 
 
 def write_params(root: Path, overrides: dict) -> None:
-    """Copy the repository's ``params.yaml`` into ``root`` with dotted keys overridden."""
+    """Override dotted keys in ``root/params.yaml``, which starts as a copy of the repository's."""
     yaml = YAML()
-    document = yaml.load((REPO_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    source = root / "params.yaml" if (root / "params.yaml").is_file() else REPO_ROOT / "params.yaml"
+    document = yaml.load(source.read_text(encoding="utf-8"))
     for dotted, value in overrides.items():
         *sections, key = dotted.split(".")
         node = document
