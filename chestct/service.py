@@ -158,12 +158,11 @@ def _score(classifier: Classifier, data: bytes, settings: InputSettings, explain
 
     try:
         prepared = prepare_input(data, classifier.preprocess, settings)
-    except ImagePixelLimitError as error:
-        raise HTTPException(413, f"The image is too large: {error}") from None
-    except UnsupportedFormatError as error:
-        raise HTTPException(415, f"Unsupported file: {error}. Send a PNG, JPEG or DICOM image.") from None
     except (ImageDecodeError, ValueError) as error:
-        raise HTTPException(422, f"The image cannot be read: {error}") from None
+        status, detail = _decode_failure(error)
+        # The messages name formats and sizes only, never file names or DICOM tag values.
+        logger.info("Rejected an upload of %d bytes with %d: %s", len(data), status, detail)
+        raise HTTPException(status, detail) from None
 
     # The probability always comes from the same call as in the evaluate stage; Grad-CAM's own
     # forward pass only shapes the heat map.
@@ -182,6 +181,20 @@ def _score(classifier: Classifier, data: bytes, settings: InputSettings, explain
         "preview": png_data_url(prepared.image),
         "gradcam": png_data_url(overlay(prepared.image, heatmap)) if explain else None,
     }
+
+
+def _decode_failure(error: Exception) -> tuple[int, str]:
+    """Return the HTTP status and message for a file that ``prepare_input`` could not use."""
+    if isinstance(error, ImagePixelLimitError):
+        return 413, f"The image is too large: {_clause(error)}."
+    if isinstance(error, UnsupportedFormatError):
+        return 415, f"Unsupported file: {_clause(error)}. Send a PNG, JPEG or DICOM image."
+    return 422, f"The image cannot be read: {_clause(error)}."
+
+
+def _clause(error: Exception) -> str:
+    # Library messages may end in a full stop; the service appends its own sentence.
+    return str(error).rstrip(". ")
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -1,13 +1,20 @@
 """End-to-end runs of the DVC pipeline on a small generated dataset and a tiny model."""
 
+import csv
 import hashlib
 import json
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
+from chestct.classifier import check_model
+from chestct.cli import main as cli_main
+from chestct.service import create_app
 from tests.datasets import MOBILENET_V2_035_WEIGHTS, make_dataset
 from tests.pipeline import PipelineRepo
+from tests.server import running_server
 
 PER_CLASS = 4
 
@@ -130,6 +137,87 @@ def test_export_writes_every_format(pipeline):
     }
     assert formats["tflite_float32"]["max_abs_difference"] < 1e-4
     assert (repo.root / "models/export/MODEL_CARD.md").read_text().startswith("# Model card")
+
+
+def test_export_manifest_ties_every_export_to_the_weights(pipeline):
+    repo, _ = pipeline
+
+    manifest = json.loads((repo.root / "models/export/manifest.json").read_text())
+
+    assert manifest["weights_sha256"] == digest(repo.root / "models/model.weights.h5")
+    assert manifest["formats"]["onnx"]["sha256"] == digest(repo.root / "models/export/model.onnx")
+    assert len(manifest["formats"]) == 7
+
+
+def evaluated_test_images(repo):
+    """Return (raw image path, probability) of each test image, as the evaluate stage scored it."""
+    with (repo.root / "data/evaluate/predictions.csv").open(newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if row["split"] == "test"]
+    return [(repo.root / "data/raw" / row["path"], float(row["probability"])) for row in rows]
+
+
+def test_service_probability_equals_the_evaluate_stage(pipeline):
+    repo, _ = pipeline
+    images = evaluated_test_images(repo)[:6]
+
+    with running_server(create_app(repo.root)) as url:
+        for path, expected in images:
+            response = httpx.post(f"{url}/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
+
+            assert response.status_code == 200, response.text
+            assert response.json()["probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_serving_reads_the_preprocessing_from_dvc_lock(pipeline):
+    repo, _ = pipeline
+
+    source = check_model(repo.root)
+
+    assert source.params_source.endswith("dvc.lock")
+    assert source.image_size == TINY_MODEL["preprocess.image_size"]
+
+
+@pytest.mark.parametrize("export", ["model.onnx", "model_float32.tflite", "saved_model", "model.keras"])
+def test_predict_with_an_export_matches_the_evaluate_stage(pipeline, export, tmp_path):
+    repo, _ = pipeline
+    images = dict(evaluated_test_images(repo))
+    output = tmp_path / "predictions.csv"
+    folder = repo.root / "data/raw/images/test"
+
+    status = cli_main(
+        [
+            "predict",
+            str(folder),
+            "--root",
+            str(repo.root),
+            "--model",
+            str(repo.root / "models/export" / export),
+            "-o",
+            str(output),
+        ]
+    )
+
+    assert status == 0
+    rows = list(csv.DictReader(output.open()))
+    assert len(rows) == len(images)
+    for row in rows:
+        assert float(row["probability"]) == pytest.approx(images[Path(row["path"])], abs=1e-4)
+
+
+def test_evaluate_folder_reproduces_the_test_metrics(pipeline, tmp_path):
+    repo, _ = pipeline
+    output = tmp_path / "report.json"
+    stage = json.loads((repo.root / "metrics/evaluate.json").read_text())["test"]
+
+    status = cli_main(
+        ["evaluate-folder", str(repo.root / "data/raw/images/test"), "--root", str(repo.root), "-o", str(output)]
+    )
+
+    assert status == 0
+    report = json.loads(output.read_text())
+    assert report["n_samples"] == stage["n_samples"]
+    for name in ("auc", "sensitivity", "specificity"):
+        assert report["metrics"][name] == pytest.approx(stage["metrics"][name], abs=1e-6)
 
 
 def test_second_repro_runs_nothing(pipeline):
