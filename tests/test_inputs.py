@@ -157,7 +157,7 @@ def test_large_dicom_hits_pixel_limit():
 
 # The child process builds a 20000 x 20000 PNG, decodes it and reports its peak resident memory.
 PEAK_MEMORY_SCRIPT = """
-import json, resource, sys
+import json, sys
 from chestct.inputs import ImagePixelLimitError, InputSettings, decode_grayscale
 from tests.test_inputs import black_bilevel_png
 data = black_bilevel_png(20000, 20000)
@@ -166,13 +166,16 @@ try:
     outcome = "decoded"
 except ImagePixelLimitError:
     outcome = "pixel limit"
-peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+status = open("/proc/self/status").read().splitlines()
+peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 json.dump({"outcome": outcome, "png_bytes": len(data), "peak_mib": peak_kib / 1024}, sys.stdout)
 """
 
 
 def test_large_png_rejected_with_small_memory():
-    # A separate process, because ru_maxrss is the peak of the whole process's lifetime.
+    # A separate process, because the peak resident size (VmHWM) covers the whole process's
+    # lifetime. ru_maxrss would not do: Linux keeps it across exec, so the child would report
+    # the test runner's own peak.
     result = subprocess.run(
         [sys.executable, "-c", PEAK_MEMORY_SCRIPT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
