@@ -204,6 +204,7 @@ class Classifier:
         self.preprocess = source.preprocess
         self._lock = threading.Lock()
         self._keras_model = None
+        self._gradcam_model = None
 
         if source.format == WEIGHTS_FORMAT:
             from chestct.scoring import architecture_from_params, load_trained_model
@@ -255,12 +256,18 @@ class Classifier:
         """
         if not self.explain_available:
             raise ValueError(f"Grad-CAM needs a Keras model, but {self.source.model_path} is {self.format}.")
-        from chestct.gradcam import gradcam
-
         batch = self._as_batch(image[None])
         with self._lock:
-            result = gradcam(self._keras_model, batch)
+            result = self._gradcam()(batch)
         return result.heatmaps[0], float(result.probabilities[0])
+
+    def _gradcam(self):
+        # Splitting the model into features and classifier takes a while, so it happens once.
+        if self._gradcam_model is None:
+            from chestct.gradcam import GradCam
+
+            self._gradcam_model = GradCam(self._keras_model)
+        return self._gradcam_model
 
     def decide(self, probability: float) -> Prediction:
         return Prediction(probability=float(probability), threshold=self.threshold)

@@ -155,8 +155,8 @@ class TFLiteRunner(Runner):
         super().__init__(path, runtime, batch_size)
         from ai_edge_litert.interpreter import Interpreter
 
-        # The interpreter runs on one thread unless told otherwise (ai_edge_litert 2.3), which
-        # leaves the other cores idle.
+        # The interpreter defaults to one thread (ai_edge_litert 2.3), which leaves the other
+        # cores idle.
         self.interpreter = Interpreter(model_path=str(path), num_threads=usable_cpu_count())
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
@@ -192,8 +192,8 @@ class ONNXRunner(Runner):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        # ONNX Runtime's default, one pinned thread per physical core (its threading guide), ignores
-        # a narrower affinity mask such as taskset's.
+        # By default ONNX Runtime starts one pinned thread per physical core (its threading
+        # guide), even where taskset or a container allows fewer cores.
         options.intra_op_num_threads = usable_cpu_count()
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = _single_name(path, "input", [node.name for node in self.session.get_inputs()])
