@@ -41,6 +41,8 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
 
     Raises:
         FileNotFoundError: naming the first path that does not exist.
+        ValueError: for a path that is neither a regular file nor a folder (a FIFO, a device),
+            or when no file is found at all.
     """
     files: list[Path] = []
     for path in map(Path, paths):
@@ -48,8 +50,13 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
             files.append(path)
         elif path.is_dir():
             files.extend(sorted(_visible_files(path)))
+        elif path.exists():
+            raise ValueError(f"{path} is not a regular file or a folder; give image files or folders.")
         else:
             raise FileNotFoundError(f"{path} not found; give image files or folders that contain them.")
+
+    if not files:
+        raise ValueError(f"No files found in {', '.join(map(str, paths))}.")
     return files
 
 
@@ -79,6 +86,11 @@ def labelled_files(folder: str | Path, labels: dict[str, int]) -> tuple[list[Pat
     classes = sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
     if not classes:
         raise ValueError(f"{folder} has no class sub-folders, such as normal/ and adenocarcinoma/.")
+    unknown = sorted(set(labels) - {path.name for path in classes})
+    if unknown:
+        raise ValueError(
+            f"No class folder named {unknown} in {folder}; its class folders are {[c.name for c in classes]}."
+        )
 
     files, targets, names = [], [], []
     for class_dir in classes:
@@ -104,24 +116,28 @@ def score_files(
     settings: InputSettings,
     batch_size: int = 32,
     progress: bool = True,
+    max_bytes: int | None = None,
 ) -> list[FileResult]:
     """Score each file with ``classifier``, in batches, in the order given.
 
-    A file that cannot be decoded gets a ``FileResult`` with ``error`` set; the others are
-    still scored.
+    A file that cannot be decoded, or is larger than ``max_bytes``, gets a ``FileResult`` with
+    ``error`` set; the others are still scored.
     """
     results: list[FileResult] = []
     with tqdm(total=len(files), unit="image", desc="Scoring", disable=not progress or len(files) <= batch_size) as bar:
         for start in range(0, len(files), batch_size):
-            results.extend(_score_batch(classifier, files[start : start + batch_size], settings))
+            results.extend(_score_batch(classifier, files[start : start + batch_size], settings, max_bytes))
             bar.update(min(batch_size, len(files) - start))
     return results
 
 
-def _score_batch(classifier: Classifier, files: Sequence[Path], settings: InputSettings) -> list[FileResult]:
+def _score_batch(
+    classifier: Classifier, files: Sequence[Path], settings: InputSettings, max_bytes: int | None
+) -> list[FileResult]:
     prepared, failures = {}, {}
     for index, file in enumerate(files):
         try:
+            _check_file_size(file, max_bytes)
             prepared[index] = prepare_input(file.read_bytes(), classifier.preprocess, settings)
         except (ImageDecodeError, ValueError, OSError) as error:
             failures[index] = f"{error}"
@@ -137,6 +153,13 @@ def _score_batch(classifier: Classifier, files: Sequence[Path], settings: InputS
         else FileResult(file, probability=float(by_index[index]), input_format=prepared[index].format)
         for index, file in enumerate(files)
     ]
+
+
+def _check_file_size(file: Path, max_bytes: int | None) -> None:
+    # Files are read whole, so a stray multi-gigabyte file in a folder would fill the memory.
+    size = file.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise ValueError(f"{size:,} bytes is more than the limit of {max_bytes:,} (inference.max_upload_bytes)")
 
 
 def _visible_files(folder: Path) -> Iterable[Path]:

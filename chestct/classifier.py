@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ruamel.yaml import YAML
+from ruamel.yaml import YAML, YAMLError
 
 from chestct import paths
 from chestct.digests import file_md5, file_sha256, path_sha256
@@ -119,6 +119,7 @@ def check_model(root: str | Path = ".", model_path: str | Path | None = None) ->
     """
     root = Path(root)
     threshold = _read_json(root / paths.THRESHOLD_FILE, "dvc repro evaluate")
+    _check_threshold(threshold.get("threshold"), root / paths.THRESHOLD_FILE)
     weights = root / paths.MODEL_WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found; run `dvc repro` (or `dvc pull`) to create the model.")
@@ -161,16 +162,20 @@ def training_params(root: Path, weights: Path) -> tuple[dict[str, Any], str]:
         ModelMismatchError: if ``dvc.lock`` exists but records other weights.
     """
     params_file = root / paths.PARAMS_FILE
-    current = load_params(params_file)
-    inference = select_params(current, INFERENCE_PARAMS, source=params_file)
+    current = _read_yaml(params_file, load_params)
+    inference = _select(current, INFERENCE_PARAMS, params_file)
     lock_file = root / "dvc.lock"
     if not lock_file.is_file():
-        logger.info("No dvc.lock in %s; reading the preprocessing parameters from %s", root, params_file)
-        return {**select_params(current, PREPROCESS_PARAMS + MODEL_PARAMS, source=params_file), **inference}, str(
-            params_file
+        logger.warning(
+            "No dvc.lock in %s, so the preprocessing and model parameters come from %s; "
+            "they are right only if that file has not changed since training",
+            root,
+            params_file,
         )
+        return {**_select(current, PREPROCESS_PARAMS + MODEL_PARAMS, params_file), **inference}, str(params_file)
 
-    stages = (YAML(typ="safe", pure=True).load(lock_file.read_text(encoding="utf-8")) or {}).get("stages", {})
+    lock = _read_yaml(lock_file, lambda path: YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8")))
+    stages = lock.get("stages", {}) if isinstance(lock, dict) else {}
     recorded = _locked_md5(stages.get("finetune", {}), paths.MODEL_WEIGHTS.as_posix())
     if recorded != file_md5(weights):
         raise ModelMismatchError(
@@ -181,7 +186,7 @@ def training_params(root: Path, weights: Path) -> tuple[dict[str, Any], str]:
 
     params: dict[str, Any] = {}
     for stage, keys in _LOCK_STAGES.items():
-        flat = stages[stage].get("params", {}).get(paths.PARAMS_FILE, {})
+        flat = stages.get(stage, {}).get("params", {}).get(paths.PARAMS_FILE, {})
         for key in keys:
             if key not in flat:
                 raise ModelMismatchError(f"{lock_file} has no {key} for the {stage} stage; run `dvc repro`.")
@@ -215,7 +220,13 @@ class Classifier:
         else:
             from chestct.runtimes import load_runner
 
-            self._runner = load_runner(source.model_path, batch_size=batch_size)
+            try:
+                self._runner = load_runner(source.model_path, batch_size=batch_size)
+            except Exception as error:  # noqa: BLE001 - each runtime raises its own types
+                raise ValueError(
+                    f"{source.model_path} could not be loaded as {source.format}: {type(error).__name__}: {error}. "
+                    "Run `dvc repro export` to write the exports again."
+                ) from error
             if self._runner.image_size not in (None, source.image_size):
                 raise ModelMismatchError(
                     f"{source.model_path} expects {self._runner.image_size} px images, but the model was trained "
@@ -331,6 +342,14 @@ def _check_export(root: Path, model_path: Path, weights_sha256: str) -> tuple[Pa
     return model_path, format, sha256
 
 
+def _check_threshold(value: Any, path: Path) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(
+            f"{path} has threshold {value!r}, but a threshold must be a probability from 0 to 1; "
+            "run `dvc repro evaluate` to choose it again."
+        )
+
+
 def _read_json(path: Path, command: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run `{command}` first.")
@@ -341,6 +360,20 @@ def _read_json(path: Path, command: str) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise ValueError(f"{path} must hold a JSON object; run `{command}` to write it again.")
     return content
+
+
+def _read_yaml(path: Path, read) -> Any:
+    try:
+        return read(path)
+    except YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML ({error}); fix it or restore it with git.") from None
+
+
+def _select(params: dict[str, Any], keys: tuple[str, ...], source: Path) -> dict[str, Any]:
+    try:
+        return select_params(params, keys, source=source)
+    except KeyError as error:
+        raise ValueError(f"{error.args[0]} Add it back; the repository's params.yaml lists every key.") from None
 
 
 def _locked_md5(stage: dict, out_path: str) -> str | None:

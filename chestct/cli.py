@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # TensorFlow's C++ start-up messages (CPU features, missing CUDA) bury the results; errors
+    # still show. An explicit setting in the environment wins.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -69,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--output", type=Path, help="write the report to a .json file")
     evaluate.add_argument("--predictions", type=Path, help="write each image's probability to a .csv file")
     evaluate.add_argument("--bootstrap-resamples", type=_positive_int, default=1000)
-    evaluate.add_argument("--confidence", type=float, default=0.95, help="coverage of the intervals (default 0.95)")
+    evaluate.add_argument(
+        "--confidence", type=_open_probability, default=0.95, help="coverage of the intervals (default 0.95)"
+    )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
     evaluate.add_argument("--batch-size", type=_positive_int, default=32)
     evaluate.set_defaults(run=run_evaluate_folder)
@@ -98,7 +104,7 @@ def run_predict(args) -> int:
     _check_output_suffix(args.output, (".csv", ".json"))
     classifier, settings = _load(args)
 
-    results = score_files(classifier, files, settings, args.batch_size)
+    results = score_files(classifier, files, settings, args.batch_size, max_bytes=_max_bytes(classifier))
     rows = [_result_row(result, classifier) for result in results]
     _print_table(rows, ("path", "probability", "diagnosis", "confidence", "error"))
     if args.output:
@@ -123,7 +129,7 @@ def run_evaluate_folder(args) -> int:
     _check_output_suffix(args.predictions, (".csv",))
     classifier, settings = _load(args)
 
-    results = score_files(classifier, files, settings, args.batch_size)
+    results = score_files(classifier, files, settings, args.batch_size, max_bytes=_max_bytes(classifier))
     scored = np.array([result.error is None for result in results])
     if not scored.all():
         print(f"{(~scored).sum()} of {len(results)} files could not be read and are left out.", file=sys.stderr)
@@ -199,6 +205,10 @@ def _load(args):
     return Classifier(source), InputSettings.from_params(source.params["inference"])
 
 
+def _max_bytes(classifier) -> int:
+    return classifier.source.params["inference"]["max_upload_bytes"]
+
+
 def _result_row(result, classifier) -> dict:
     row = {"path": str(result.path), "model_version": classifier.version, "threshold": classifier.threshold}
     if result.error is not None:
@@ -253,8 +263,23 @@ def _print_evaluation(report: dict) -> None:
 
 
 def _check_output_suffix(path: Path | None, suffixes: tuple[str, ...]) -> None:
-    if path is not None and path.suffix.lower() not in suffixes:
+    # Checked before any scoring, so that a typo does not cost a whole run.
+    if path is None:
+        return
+    if path.suffix.lower() not in suffixes:
         raise ValueError(f"{path}: the output file must end in {' or '.join(suffixes)}.")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: the folder {path.parent} does not exist; create it first.")
+
+
+def _open_probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -191,7 +191,11 @@ class _DropWhileReading(logging.Filter):
         return False
 
 
-logging.getLogger(_PYDICOM_LOGGER).addFilter(_DropWhileReading())
+# A logger's filters do not apply to records that its children pass up, so the pixel modules'
+# own loggers get the filter too: pydicom's decoders log a traceback at ERROR on every failure.
+_drop_while_reading = _DropWhileReading()
+for _name in (_PYDICOM_LOGGER, "pydicom.pixels.decoders.base", "pydicom.pixels.utils"):
+    logging.getLogger(_name).addFilter(_drop_while_reading)
 
 
 @contextmanager
@@ -355,13 +359,21 @@ def _check_header(header: _SliceHeader, max_pixels: int) -> None:
     _check_size(header, max_pixels)
 
 
+_COLOUR_INTERPRETATIONS = {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR", "YBR_PARTIAL_420"}
+
+
 def _check_grayscale(header: _SliceHeader) -> None:
     if header.samples_per_pixel not in (None, 1):
         raise DicomDecodeError(
             f"the DICOM slice has {header.samples_per_pixel} samples per pixel: expected 1 (a grayscale CT slice)."
         )
     if header.photometric_interpretation not in _GRAYSCALE_INTERPRETATIONS:
-        found = "no PhotometricInterpretation" if header.photometric_interpretation is None else "a colour image"
+        if header.photometric_interpretation is None:
+            found = "no PhotometricInterpretation"
+        elif header.photometric_interpretation in _COLOUR_INTERPRETATIONS:
+            found = "a colour image"
+        else:
+            found = "an unsupported PhotometricInterpretation"
         raise DicomDecodeError(
             f"the DICOM slice has {found}: expected PhotometricInterpretation MONOCHROME1 or MONOCHROME2."
         )
@@ -407,6 +419,12 @@ def _decode_pixels(dataset: Dataset, header: _SliceHeader) -> np.ndarray:
     # The decoders (pydicom's own, Pillow, plugins) raise various types on damaged pixel data.
     # Their messages quote Image Pixel attributes: binary numbers, and text values checked above.
     except Exception as error:
+        if header.transfer_syntax.is_compressed:
+            raise DicomDecodeError(
+                f"the compressed DICOM pixel data ({header.transfer_syntax.name}) could not be decoded: {error}. "
+                "The file may be damaged, or use a variant that the installed decoders do not support, such "
+                "as 12-bit JPEG; decompress it first, for example with dcmdjpeg from DCMTK or gdcmconv --raw."
+            ) from None
         raise DicomDecodeError(
             f"truncated or corrupt DICOM pixel data ({header.transfer_syntax.name}): {error}"
         ) from None

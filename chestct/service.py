@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from chestct.classifier import Classifier, ModelSource, check_model
 from chestct.imaging import ImageDecodeError
 from chestct.inputs import ImagePixelLimitError, InputSettings, UnsupportedFormatError, prepare_input
+from chestct.runtimes import usable_cpu_count
 from chestct.uploads import UploadError, read_upload
 
 logger = logging.getLogger(__name__)
@@ -97,6 +99,9 @@ def create_app(root: str | Path = ".", model_path: str | Path | None = None, sou
     settings = InputSettings.from_params(source.params["inference"])
     max_upload_bytes = _check_upload_limit(source.params["inference"]["max_upload_bytes"])
     state = ModelState(source)
+    # A well-compressed upload can decode to hundreds of megabytes, so at most one decode per
+    # core runs at a time; the others wait their turn instead of adding to the peak memory.
+    decode_slots = threading.BoundedSemaphore(usable_cpu_count())
 
     async def lifespan(app: FastAPI):
         threading.Thread(target=state.load, name="model-loader", daemon=True).start()
@@ -109,7 +114,7 @@ def create_app(root: str | Path = ".", model_path: str | Path | None = None, sou
     _add_security_headers(app)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html", media_type="text/html")
 
@@ -139,7 +144,7 @@ def create_app(root: str | Path = ".", model_path: str | Path | None = None, sou
             raise HTTPException(error.status, error.detail) from None
 
         started = time.perf_counter()
-        result = await run_in_threadpool(_score, classifier, data, settings, explain)
+        result = await run_in_threadpool(_score, classifier, data, settings, explain, decode_slots)
         logger.info(
             "Scored a %s upload of %d bytes: %s in %.0f ms",
             result["input_format"],
@@ -152,12 +157,15 @@ def create_app(root: str | Path = ".", model_path: str | Path | None = None, sou
     return app
 
 
-def _score(classifier: Classifier, data: bytes, settings: InputSettings, explain: bool) -> dict[str, Any]:
+def _score(
+    classifier: Classifier, data: bytes, settings: InputSettings, explain: bool, decode_slots: threading.Semaphore
+) -> dict[str, Any]:
     # Runs in a worker thread: decoding, preprocessing and inference all block.
     from chestct.gradcam import overlay, png_data_url
 
     try:
-        prepared = prepare_input(data, classifier.preprocess, settings)
+        with decode_slots:
+            prepared = prepare_input(data, classifier.preprocess, settings)
     except (ImageDecodeError, ValueError) as error:
         status, detail = _decode_failure(error)
         # The messages name formats and sizes only, never file names or DICOM tag values.
@@ -201,6 +209,12 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's default body is a list of errors; every error of this service is one string.
+        problems = "; ".join(f"{'.'.join(map(str, item['loc']))}: {item['msg']}" for item in error.errors())
+        return JSONResponse({"detail": f"Invalid request: {problems}."}, status_code=422)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, error: Exception) -> JSONResponse:

@@ -176,3 +176,35 @@ def test_images_of_the_wrong_size_are_refused(tiny_project):
 
     with pytest.raises(ValueError, match=r"\(N, 64, 64\)"):
         classifier.predict_images(random_images(1, 32))
+
+
+@pytest.mark.parametrize("value", [1.5, -0.2, float("nan"), None, "0.5", True])
+def test_invalid_threshold_values_are_refused(project, value):
+    record = json.loads((project / paths.THRESHOLD_FILE).read_text())
+    record["threshold"] = value
+    (project / paths.THRESHOLD_FILE).write_text(json.dumps(record))
+
+    with pytest.raises(ValueError, match="probability from 0 to 1"):
+        check_model(project)
+
+
+def test_missing_inference_section_names_the_key(project):
+    params = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(params.split("\ninference:")[0] + "\n")
+
+    with pytest.raises(ValueError, match="inference.dicom_window_center"):
+        check_model(project)
+
+
+def test_broken_dvc_lock_is_a_clear_error(project):
+    (project / "dvc.lock").write_text("stages: [unclosed\n")
+
+    with pytest.raises(ValueError, match="dvc.lock is not valid YAML"):
+        check_model(project)
+
+
+def test_parameters_from_params_yaml_without_dvc_lock_log_a_warning(tiny_project, caplog):
+    source = check_model(tiny_project)
+
+    assert source.params_source.endswith("params.yaml")
+    assert "No dvc.lock" in caplog.text

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from chestct.classifier import Classifier, check_model
 from chestct.cli import main
 from chestct.inputs import InputSettings, prepare_input
 from tests.datasets import encode, synthetic_slice
+from tests.project import copy_project, write_params
 
 CHESTCT = Path(sys.executable).parent / "chestct"
 
@@ -169,3 +171,63 @@ def test_console_script_runs_predict(tiny_project, tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert str(image) in result.stdout
+
+
+def test_output_in_a_missing_folder_fails_before_scoring(tiny_project, tmp_path, capsys):
+    image = write_slices(tmp_path, 1, cancer=True, seed=9)[0]
+    output = tmp_path / "missing" / "results.csv"
+
+    status = main(["predict", str(image), "--root", str(tiny_project), "-o", str(output)])
+
+    assert status == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_empty_folder_is_a_usage_error(tiny_project, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+
+    status = main(["predict", str(tmp_path / "empty"), "--root", str(tiny_project)])
+
+    assert status == 2
+    assert "No files found" in capsys.readouterr().err
+
+
+def test_a_fifo_is_not_a_file(tiny_project, tmp_path, capsys):
+    fifo = tmp_path / "scan.png"
+    os.mkfifo(fifo)
+
+    status = main(["predict", str(fifo), "--root", str(tiny_project)])
+
+    assert status == 2
+    assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_file_over_the_size_limit_is_reported_not_read(tiny_project, tmp_path):
+    root = copy_project(tiny_project, tmp_path / "limited")
+    write_params(root, {"inference.max_upload_bytes": 1000})
+    write_slices(tmp_path / "scans", 1, cancer=True, seed=10)
+    output = tmp_path / "results.json"
+
+    status = main(["predict", str(tmp_path / "scans"), "--root", str(root), "-o", str(output)])
+
+    assert status == 1
+    assert "inference.max_upload_bytes" in json.loads(output.read_text())[0]["error"]
+
+
+def test_evaluate_folder_rejects_a_label_for_no_folder(tiny_project, tmp_path, capsys):
+    write_slices(tmp_path / "test" / "normal", 2, cancer=False, seed=11)
+    write_slices(tmp_path / "test" / "cancer", 2, cancer=True, seed=12)
+
+    status = main(["evaluate-folder", str(tmp_path / "test"), "--root", str(tiny_project), "--label", "benign=0"])
+
+    assert status == 2
+    assert "No class folder named ['benign']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "abc"])
+def test_evaluate_folder_checks_the_confidence_first(tiny_project, tmp_path, value, capsys):
+    with pytest.raises(SystemExit) as caught:
+        main(["evaluate-folder", str(tmp_path), "--root", str(tiny_project), "--confidence", value])
+
+    assert caught.value.code == 2
+    assert "--confidence" in capsys.readouterr().err

@@ -223,6 +223,18 @@ def test_health_answers_while_predictions_are_running(server):
     assert max(health_times) < busy_seconds / 4
 
 
+def test_invalid_query_values_get_one_message(server):
+    response = httpx.post(f"{server}/predict", params={"explain": "maybe"}, files={"file": ("a.png", slice_png())})
+
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], str)
+    assert "explain" in response.json()["detail"]
+
+
+def test_the_page_answers_head_requests(server):
+    assert httpx.head(server).status_code == 200
+
+
 def test_model_describes_version_threshold_and_test_metrics(server, tiny_project):
     description = httpx.get(f"{server}/model").json()
 
