@@ -18,8 +18,8 @@ from chestct.inputs import InputSettings, prepare_input
 
 logger = logging.getLogger(__name__)
 
-# Sub-folder names that evaluate-folder reads as normal (0) unless told otherwise; every
-# other sub-folder holds cancer (1), as in the Kaggle dataset's four class folders.
+# Sub-folder names that evaluate-folder labels normal (0) without a --label option. Every
+# other sub-folder contains cancer (1), as in the Kaggle dataset's four class folders.
 DEFAULT_NORMAL_CLASSES = ("normal",)
 
 

@@ -6,7 +6,7 @@
     chestct serve [--host 127.0.0.1] [--port 8000]
 
 Every command reads the model, its threshold and its preprocessing from the pipeline folder
-(``--root``, the current directory by default) after ``dvc repro``; ``--model`` picks an
+(``--root``, the current directory by default) after ``dvc repro``. ``--model`` selects an
 exported file instead of the trained weights.
 """
 
@@ -239,10 +239,10 @@ def _print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
             return ""
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    shown = [col for col in columns if col != "error" or any(row["error"] for row in rows)]
-    cells = [[cell(row[col]) for col in shown] for row in rows]
-    widths = [max([len(col), *(len(line[i]) for line in cells)]) for i, col in enumerate(shown)]
-    print("  ".join(col.ljust(width) for col, width in zip(shown, widths, strict=True)).rstrip())
+    visible = [col for col in columns if col != "error" or any(row["error"] for row in rows)]
+    cells = [[cell(row[col]) for col in visible] for row in rows]
+    widths = [max([len(col), *(len(line[i]) for line in cells)]) for i, col in enumerate(visible)]
+    print("  ".join(col.ljust(width) for col, width in zip(visible, widths, strict=True)).rstrip())
     for line in cells:
         print("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)).rstrip())
 

@@ -2,7 +2,7 @@
 
 ``create_app`` checks the model files before it returns (a threshold chosen for other weights
 stops the service from starting) and loads the model in a background thread, so that
-``/health`` answers 503 until the model is usable. Decoding and inference run in worker
+``/health`` returns 503 until the model is usable. Decoding and inference run in worker
 threads, never on the event loop, so a slow request does not hold up ``/health``.
 
 Uploads stay in memory (``chestct.uploads``) and are dropped with the response. Nothing about
@@ -42,7 +42,7 @@ CONTENT_SECURITY_POLICY = (
 
 
 class ModelState:
-    """The model as the app sees it: loading, ready or failed, guarded for access from threads."""
+    """The model's load status (loading, ready or failed) and the loaded classifier, safe to share between threads."""
 
     def __init__(self, source: ModelSource):
         self.source = source
@@ -99,8 +99,8 @@ def create_app(root: str | Path = ".", model_path: str | Path | None = None, sou
     settings = InputSettings.from_params(source.params["inference"])
     max_upload_bytes = _check_upload_limit(source.params["inference"]["max_upload_bytes"])
     state = ModelState(source)
-    # A well-compressed upload can decode to hundreds of megabytes, so at most one decode per
-    # core runs at a time; the others wait their turn instead of adding to the peak memory.
+    # A well-compressed upload can decode to hundreds of megabytes. Allowing one decode per core
+    # at a time bounds the peak memory, because further decodes wait for a free slot.
     decode_slots = threading.BoundedSemaphore(usable_cpu_count())
 
     async def lifespan(app: FastAPI):

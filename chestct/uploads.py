@@ -16,7 +16,7 @@ ENVELOPE_BYTES = 64 * 1024
 
 
 class UploadError(ValueError):
-    """A request body that does not carry one usable file; ``status`` is the HTTP status to answer."""
+    """A request body without exactly one usable file; ``status`` is the HTTP status of the response."""
 
     def __init__(self, status: int, detail: str):
         super().__init__(detail)

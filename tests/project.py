@@ -10,11 +10,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from ruamel.yaml import YAML
 
 from chestct import paths
 from chestct.paths import REPO_ROOT
 from tests.datasets import MOBILENET_V2_035_WEIGHTS
+from tests.pipeline import PipelineRepo
 
 # Small enough to build in a few seconds; 64 px keeps a 2x2 feature map for Grad-CAM.
 TINY_PARAMS = {
@@ -30,17 +30,9 @@ TEST_METRICS = {"auc": 0.9, "sensitivity": 0.85, "specificity": 0.8}
 
 def write_params(root: Path, overrides: dict) -> None:
     """Override dotted keys in ``root/params.yaml``, which starts as a copy of the repository's."""
-    yaml = YAML()
-    source = root / "params.yaml" if (root / "params.yaml").is_file() else REPO_ROOT / "params.yaml"
-    document = yaml.load(source.read_text(encoding="utf-8"))
-    for dotted, value in overrides.items():
-        *sections, key = dotted.split(".")
-        node = document
-        for section in sections:
-            node = node[section]
-        node[key] = value
-    with (root / "params.yaml").open("w", encoding="utf-8") as stream:
-        yaml.dump(document, stream)
+    if not (root / "params.yaml").is_file():
+        shutil.copyfile(REPO_ROOT / "params.yaml", root / "params.yaml")
+    PipelineRepo(root).set_params(overrides)
 
 
 def make_project(root: Path, overrides: dict | None = None, threshold: float = 0.5, seed: int = 0) -> Path:
