@@ -12,7 +12,7 @@ import uvicorn
 def running_server(app, wait_until_ready: bool = True, timeout: float = 120.0):
     """Serve ``app`` on 127.0.0.1 and yield its base URL; stop the server on exit.
 
-    With ``wait_until_ready``, wait until ``/health`` answers 200, i.e. the model has loaded.
+    With ``wait_until_ready``, wait until ``/health`` returns 200, i.e. the model has loaded.
     """
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -34,7 +34,7 @@ def running_server(app, wait_until_ready: bool = True, timeout: float = 120.0):
 
 
 def wait_for_health(base_url: str, deadline: float) -> None:
-    """Poll ``/health`` until it answers 200; raise with its last answer at ``deadline``."""
+    """Poll ``/health`` until it returns 200; at ``deadline``, raise with its last response."""
     last = None
     while time.monotonic() < deadline:
         last = httpx.get(f"{base_url}/health", timeout=10)

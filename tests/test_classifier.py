@@ -75,7 +75,7 @@ def test_corrupt_threshold_file_is_a_clear_error(project):
         check_model(project)
 
 
-def test_parameters_come_from_dvc_lock_when_it_records_the_weights(project):
+def test_check_model_reads_parameters_from_dvc_lock(project):
     weights_md5 = file_md5(project / paths.MODEL_WEIGHTS)
     current = YAML(typ="safe").load((project / "params.yaml").read_text())
     write_lock(project, weights_md5, current["preprocess"], current["model"])
@@ -117,7 +117,7 @@ def exported(tiny_project, tmp_path):
     return root
 
 
-def test_an_exported_model_gets_its_own_version(exported):
+def test_check_model_export_has_own_version(exported):
     model_path = exported / paths.EXPORT_DIR / "model_float32.tflite"
 
     source = check_model(exported, model_path)
@@ -127,7 +127,7 @@ def test_an_exported_model_gets_its_own_version(exported):
     assert source.version != check_model(exported).version
 
 
-def test_an_export_changed_after_export_is_refused(exported):
+def test_check_model_rejects_changed_export(exported):
     root = exported
     model_path = root / paths.EXPORT_DIR / "model_float32.tflite"
     model_path.write_bytes(model_path.read_bytes() + b"\0")
@@ -136,7 +136,7 @@ def test_an_export_changed_after_export_is_refused(exported):
         check_model(root, model_path)
 
 
-def test_an_export_of_other_weights_is_refused(exported):
+def test_check_model_rejects_export_of_other_weights(exported):
     root = exported
     manifest = json.loads((root / paths.EXPORT_MANIFEST).read_text())
     manifest["weights_sha256"] = "1" * 64
@@ -146,7 +146,7 @@ def test_an_export_of_other_weights_is_refused(exported):
         check_model(root, root / paths.EXPORT_DIR / "model.keras")
 
 
-def test_a_model_outside_the_export_folder_is_refused(exported, tmp_path):
+def test_check_model_rejects_model_outside_exports(exported, tmp_path):
     stray = tmp_path / "elsewhere" / "model.onnx"
     stray.parent.mkdir()
     stray.write_bytes(b"onnx")
@@ -203,7 +203,7 @@ def test_broken_dvc_lock_is_a_clear_error(project):
         check_model(project)
 
 
-def test_parameters_from_params_yaml_without_dvc_lock_log_a_warning(tiny_project, caplog):
+def test_check_model_without_dvc_lock_warns(tiny_project, caplog):
     source = check_model(tiny_project)
 
     assert source.params_source.endswith("params.yaml")

@@ -75,7 +75,7 @@ def test_predict_reports_unreadable_files_and_scores_the_rest(tiny_project, tmp_
     assert "1 of 3 files could not be scored" in capsys.readouterr().err
 
 
-def test_predict_on_a_missing_path_is_a_usage_error(tiny_project, tmp_path, capsys):
+def test_predict_missing_path_is_usage_error(tiny_project, tmp_path, capsys):
     status = main(["predict", str(tmp_path / "missing.png"), "--root", str(tiny_project)])
 
     assert status == 2
@@ -121,8 +121,9 @@ def test_evaluate_folder_reports_metrics_with_intervals(tiny_project, tmp_path, 
         interval = report["confidence_intervals"]["metrics"][name]
         assert interval["low"] <= report["metrics"][name] <= interval["high"]
     assert {row["class"] for row in csv.DictReader(predictions.open())} == {"normal", "adenocarcinoma"}
-    shown = capsys.readouterr().out
-    assert "sensitivity" in shown and "95% CI" in shown
+    printed = capsys.readouterr().out
+    assert "sensitivity" in printed
+    assert "95% CI" in printed
 
 
 def test_evaluate_folder_label_mapping(tiny_project, tmp_path, capsys):
@@ -192,7 +193,7 @@ def test_empty_folder_is_a_usage_error(tiny_project, tmp_path, capsys):
     assert "No files found" in capsys.readouterr().err
 
 
-def test_a_fifo_is_not_a_file(tiny_project, tmp_path, capsys):
+def test_predict_rejects_fifo(tiny_project, tmp_path, capsys):
     fifo = tmp_path / "scan.png"
     os.mkfifo(fifo)
 

@@ -96,7 +96,7 @@ def test_images_are_recognised_by_content_not_by_name(server):
     assert response.json()["input_format"] == "JPEG"
 
 
-def test_a_ct_dicom_is_scored(server):
+def test_predict_scores_ct_dicom(server):
     response = post(server, open(CT_SMALL, "rb").read(), name="slice.dcm")
 
     assert response.status_code == 200, response.text
@@ -134,7 +134,7 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("name", BAD_FILES)
-def test_bad_files_get_a_clear_4xx_and_the_server_keeps_serving(server, name):
+def test_predict_bad_file_gets_4xx(server, name):
     make, status, words = BAD_FILES[name]
 
     response = post(server, make(), name="slice.png")
@@ -145,14 +145,14 @@ def test_bad_files_get_a_clear_4xx_and_the_server_keeps_serving(server, name):
     assert post(server, slice_png()).status_code == 200
 
 
-def test_a_request_without_a_file_field_is_a_400(server):
+def test_predict_without_file_field_is_400(server):
     response = httpx.post(f"{server}/predict", files={"image": ("a.png", slice_png())})
 
     assert response.status_code == 400
     assert "'file'" in response.json()["detail"]
 
 
-def test_a_raw_body_is_a_400_that_says_how_to_send_it(server):
+def test_predict_raw_body_is_400(server):
     response = httpx.post(f"{server}/predict", content=slice_png(), headers={"content-type": "image/png"})
 
     assert response.status_code == 400
@@ -231,7 +231,7 @@ def test_invalid_query_values_get_one_message(server):
     assert "explain" in response.json()["detail"]
 
 
-def test_the_page_answers_head_requests(server):
+def test_page_head_request_is_200(server):
     assert httpx.head(server).status_code == 200
 
 
@@ -278,7 +278,7 @@ def test_health_is_503_until_the_model_has_loaded(tiny_project):
     assert state.ready().version == state.source.version
 
 
-def test_a_model_that_fails_to_load_keeps_health_at_503(tiny_project, tmp_path):
+def test_health_after_failed_load_is_503(tiny_project, tmp_path):
     root = copy_project(tiny_project, tmp_path / "broken")
     weights = root / paths.MODEL_WEIGHTS
     weights.write_bytes(b"not an HDF5 file")
@@ -296,7 +296,7 @@ def test_a_model_that_fails_to_load_keeps_health_at_503(tiny_project, tmp_path):
         assert post(url, slice_png()).status_code == 503
 
 
-def test_a_threshold_of_other_weights_stops_the_service_from_starting(tiny_project, tmp_path):
+def test_service_refuses_threshold_of_other_weights(tiny_project, tmp_path):
     root = copy_project(tiny_project, tmp_path / "mismatch")
     record = json.loads((root / paths.THRESHOLD_FILE).read_text())
     record["model_sha256"] = "a" * 64
