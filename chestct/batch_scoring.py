@@ -140,19 +140,22 @@ def _score_batch(
             _check_file_size(file, max_bytes)
             prepared[index] = prepare_input(file.read_bytes(), classifier.preprocess, settings)
         except (ImageDecodeError, ValueError, OSError) as error:
-            failures[index] = f"{error}"
+            failures[index] = str(error)
             logger.warning("Skipping %s: %s", file, error)
 
-    scored = list(prepared)
-    probabilities = classifier.predict_images(np.stack([prepared[i].image for i in scored])) if scored else []
-    by_index = dict(zip(scored, probabilities, strict=True))
+    probabilities = {}
+    if prepared:
+        images = np.stack([item.image for item in prepared.values()])
+        probabilities = dict(zip(prepared, classifier.predict_images(images), strict=True))
 
-    return [
-        FileResult(file, error=failures[index])
-        if index in failures
-        else FileResult(file, probability=float(by_index[index]), input_format=prepared[index].format)
-        for index, file in enumerate(files)
-    ]
+    results = []
+    for index, file in enumerate(files):
+        if index in failures:
+            results.append(FileResult(file, error=failures[index]))
+        else:
+            probability = float(probabilities[index])
+            results.append(FileResult(file, probability=probability, input_format=prepared[index].format))
+    return results
 
 
 def _check_file_size(file: Path, max_bytes: int | None) -> None:

@@ -165,10 +165,10 @@ def run_evaluate_folder(args) -> int:
 def run_explain(args) -> int:
     from chestct.gradcam import encode_png, overlay
     from chestct.inputs import read_input_file
+    from chestct.preprocessing import preprocess_image
 
     _check_output_suffix(args.output, (".png",))
     classifier, settings = _load(args)
-    from chestct.preprocessing import preprocess_image
 
     image = preprocess_image(read_input_file(args.image, settings).gray, classifier.preprocess)
     probability = float(classifier.predict_images(image[None])[0])

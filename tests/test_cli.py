@@ -203,7 +203,7 @@ def test_predict_rejects_fifo(tiny_project, tmp_path, capsys):
     assert "not a regular file" in capsys.readouterr().err
 
 
-def test_a_file_over_the_size_limit_is_reported_not_read(tiny_project, tmp_path):
+def test_predict_reports_oversized_file(tiny_project, tmp_path):
     root = copy_project(tiny_project, tmp_path / "limited")
     write_params(root, {"inference.max_upload_bytes": 1000})
     write_slices(tmp_path / "scans", 1, cancer=True, seed=10)

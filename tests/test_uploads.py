@@ -39,7 +39,7 @@ def test_ignores_other_fields():
     assert read(content_type, body) == b"image bytes"
 
 
-def test_missing_file_field_is_a_400_naming_the_field():
+def test_read_upload_missing_field_is_400():
     content_type, body = multipart({"image": b"image bytes"})
 
     with pytest.raises(UploadError, match="'file'") as caught:
@@ -58,13 +58,13 @@ def test_two_file_fields_are_refused():
 
 
 @pytest.mark.parametrize("content_type", ["application/octet-stream", "multipart/form-data", "image/png", ""])
-def test_a_body_that_is_not_multipart_is_a_400(content_type):
+def test_read_upload_non_multipart_is_400(content_type):
     with pytest.raises(UploadError, match="multipart/form-data") as caught:
         read(content_type, b"\x89PNG....")
     assert caught.value.status == 400
 
 
-def test_file_over_the_limit_is_a_413_while_streaming():
+def test_read_upload_streamed_excess_is_413():
     content_type, body = multipart({"file": b"x" * 10_001})
 
     # A missing Content-Length (chunked upload) leaves only the streaming check.
@@ -79,7 +79,7 @@ def test_file_at_the_limit_is_accepted():
     assert len(read(content_type, body)) == 10_000
 
 
-def test_declared_length_over_the_limit_is_refused_before_reading():
+def test_read_upload_declared_excess_is_413():
     consumed = []
 
     async def body():
